@@ -1,0 +1,146 @@
+"""A client worker process: CPU pre-operators → the device daemon → CPU post-operators.
+
+``python -m client._worker`` is started by a session's :class:`~client._workers.WorkerPool`.
+It connects a DEALER to the session's ROUTER and announces itself with READY; SETUP
+brings the program and the daemon to use; each JOB is handled start to finish (one at a
+time per worker: parallelism comes from having several workers). Anything that goes wrong
+in a job is answered as an ERROR for that job; the worker keeps serving. It exits on STOP
+or when its parent process is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import numpy as np
+import zmq
+from opentelemetry import trace
+
+from client.ops import CpuOperator, load_op
+from services import tracing
+from services.errors import DeviceUnavailable, NpusimError, ProtocolError
+from services.program import Program
+from services.protocol import Kind, Message, decode, encode, error_message
+from services.rpc import Peer
+from services.sockets import new_socket
+
+log = logging.getLogger("npusim.worker")
+
+
+class Worker:
+    def __init__(self, index: int, ctx: zmq.Context) -> None:
+        self.index = index
+        self.ctx = ctx
+        self.program: Program | None = None
+        self.pre: list[list[CpuOperator]] = []
+        self.post: list[list[CpuOperator]] = []
+        self.daemon: Peer | None = None
+        self.handle = ""
+
+    def setup(self, msg: Message) -> Message:
+        self.program = Program.from_bytes(msg.tensor("program"))
+        self.pre = [[load_op(o.op, o.attrs) for o in ops] for ops in self.program.pre_ops]
+        self.post = [[load_op(o.op, o.attrs) for o in ops] for ops in self.program.post_ops]
+        if self.daemon is not None:
+            self.daemon.close(linger_ms=0)
+        b = msg.body
+        self.daemon = Peer(b["daemon"], name=b.get("device", "device"), ctx=self.ctx, timeout_s=float(b["timeout_s"]),
+                           unavailable=DeviceUnavailable, watch_disconnect=True)
+        self.handle = b["handle"]
+        return msg.reply(Kind.SETUP_OK)
+
+    def job(self, msg: Message) -> Message:
+        if self.program is None or self.daemon is None:
+            raise ProtocolError("JOB before SETUP")
+        parent = tracing.extract(msg.traceparent)
+        collect = bool(msg.body.get("collect")) and parent is not None
+        remote: list[dict[str, Any]] = []
+        with tracing.capture(collect) as spans:
+            if parent is not None:
+                with tracing.tracer().start_as_current_span(
+                        "worker.job", context=parent, attributes={"worker": self.index}):
+                    outputs, timing = self._pipeline(msg, remote)
+            else:
+                outputs, timing = self._pipeline(msg, remote)
+        body: dict[str, Any] = {"timing": timing}
+        if collect:
+            body["spans"] = [tracing.to_record(s) for s in spans] + remote
+        return msg.reply(Kind.DONE, body, outputs)
+
+    def _pipeline(self, msg: Message, remote: list[dict[str, Any]]) -> tuple[list[tuple[str, np.ndarray]], dict]:
+        assert self.program is not None and self.daemon is not None
+        p = self.program
+        device_inputs = []
+        for (_, x), ops, spec in zip(msg.tensors, self.pre, p.npu_inputs):
+            for op in ops:
+                x = op.run(x)
+            device_inputs.append((spec.name, x))
+        tp = tracing.inject() if trace.get_current_span().is_recording() else None
+        reply = self.daemon.request(Kind.RUN, {"handle": self.handle, "collect": bool(msg.body.get("collect"))},
+                                    device_inputs, traceparent=tp)
+        remote.extend(reply.body.get("spans") or [])
+        outputs = []
+        for (_, y), ops, spec in zip(reply.tensors, self.post, p.outputs):
+            for op in ops:
+                y = op.run(y)
+            outputs.append((spec.name, y))
+        return outputs, reply.body.get("timing", {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m client._worker")
+    p.add_argument("--connect", required=True)
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--parent-pid", type=int, required=True)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("NPUSIM_LOG_LEVEL", "WARNING").upper())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    tracing.setup_tracing("worker", instance=f"worker-{args.index}")
+    ctx = zmq.Context()
+    sock = new_socket(ctx, zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, f"w{args.index}-{os.getpid()}".encode())
+    sock.connect(args.connect)
+    sock.send_multipart(encode(Message(Kind.READY, 0, {"worker": args.index, "pid": os.getpid()})))
+    worker = Worker(args.index, ctx)
+    try:
+        while True:
+            if not sock.poll(500):
+                if os.getppid() != args.parent_pid:
+                    return 0
+                continue
+            frames = sock.recv_multipart(copy=False)
+            try:
+                msg = decode(frames)
+            except ProtocolError as e:
+                sock.send_multipart(encode(error_message(0, e)))
+                continue
+            if msg.kind == Kind.STOP:
+                return 0
+            try:
+                if msg.kind == Kind.SETUP:
+                    reply = worker.setup(msg)
+                elif msg.kind == Kind.JOB:
+                    reply = worker.job(msg)
+                else:
+                    raise ProtocolError(f"a worker does not handle {msg.kind.name}")
+            except NpusimError as e:
+                reply = error_message(msg.id, e)
+            except Exception as e:  # noqa: BLE001 - the request fails, the worker lives on
+                log.exception("worker %d: job failed", args.index)
+                reply = error_message(msg.id, e)
+            sock.send_multipart(encode(reply), copy=False)
+    finally:
+        if worker.daemon is not None:
+            worker.daemon.close()
+        sock.close(linger=1000)
+        tracing.shutdown()
+        ctx.term()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""A session's worker processes and the ROUTER socket that feeds them.
+
+Workers are separate processes (``python -m client._worker``), not threads, so CPU
+operators of several requests really run in parallel with each other and with the NPU.
+Each worker announces itself with READY and then serves one job at a time; the pool hands
+a job to an idle worker, waits for its DONE, and notices a worker that died: its job ends
+in :class:`~services.errors.WorkerCrashed` and a replacement is started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+import numpy as np
+import zmq
+
+from services.errors import ServiceUnavailable, WorkerCrashed, from_wire
+from services.protocol import Kind, Message, decode, encode
+from services.sockets import new_socket
+
+__all__ = ["WorkerPool"]
+
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes]
+    identity: bytes | None = None
+    ready: bool = False  # READY received and SETUP done
+    busy_with: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class WorkerPool:
+    """``n`` worker processes; ``call`` runs one job on an idle one."""
+
+    def __init__(self, n: int, *, ctx: zmq.Context | None = None) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"worker_num must be a positive integer, got {n!r}")
+        self.ctx = ctx or zmq.Context.instance()
+        self._dir = tempfile.mkdtemp(prefix="npusim-w-", dir="/tmp")
+        self.endpoint = f"ipc://{self._dir}/w.sock"
+        self.sock = new_socket(self.ctx, zmq.ROUTER)
+        self.sock.bind(self.endpoint)
+        self.workers: list[_Worker] = []
+        self._setup: Message | None = None
+        self._next_id = 1
+        self._pending: dict[int, Message] = {}
+        for i in range(n):
+            self.workers.append(self._spawn(i))
+
+    def _spawn(self, index: int) -> _Worker:
+        cmd = [sys.executable, "-m", "client._worker", "--connect", self.endpoint, "--index", str(index),
+               "--parent-pid", str(os.getpid())]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
+        return _Worker(index, proc)
+
+    # -- start-up ---------------------------------------------------------------------
+    def setup(self, program: bytes, *, daemon: str, device: str, handle: str, timeout_s: float) -> None:
+        """Send every worker the program and its device; wait until all are ready."""
+        self._setup = Message(Kind.SETUP, 0, {"daemon": daemon, "device": device, "handle": handle,
+                                              "timeout_s": timeout_s},
+                              [("program", np.frombuffer(program, dtype=np.uint8))])
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not all(w.ready for w in self.workers):
+            self._check_processes(during_start=True)
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"workers did not start within {START_TIMEOUT_S:g} s")
+            self._pump(100)
+
+    def _send(self, w: _Worker, msg: Message) -> None:
+        assert w.identity is not None
+        self.sock.send_multipart([w.identity, *encode(msg)], copy=False)
+
+    def _pump(self, timeout_ms: int) -> None:
+        """Receive what arrives within ``timeout_ms`` and file it."""
+        if not self.sock.poll(timeout_ms):
+            return
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ident = frames[0].bytes
+            msg = decode(frames[1:])
+            w = next((x for x in self.workers if x.identity == ident), None)
+            if msg.kind == Kind.READY:
+                idx = msg.body["worker"]
+                w = next((x for x in self.workers if x.index == idx and x.proc.pid == msg.body["pid"]), None)
+                if w is None:
+                    continue  # a worker we already replaced
+                w.identity = ident
+                if self._setup is not None:
+                    self._send(w, Message(Kind.SETUP, 0, self._setup.body, self._setup.tensors))
+            elif msg.kind in (Kind.SETUP_OK, Kind.ERROR) and w is not None and not w.ready and msg.id == 0:
+                if msg.kind == Kind.ERROR:
+                    raise from_wire(msg.body)
+                w.ready = True
+            elif w is not None and w.busy_with == msg.id:
+                w.busy_with = None
+                self._pending[msg.id] = msg
+
+    def _check_processes(self, *, during_start: bool = False) -> None:
+        for i, w in enumerate(self.workers):
+            rc = w.proc.poll()
+            if rc is None:
+                continue
+            if during_start:
+                raise ServiceUnavailable(f"worker {w.index} exited with code {rc} while starting")
+            lost = w.busy_with
+            self.workers[i] = self._spawn(w.index)
+            if lost is not None:
+                self._pending[lost] = Message(Kind.ERROR, lost, {
+                    "code": WorkerCrashed.code, "message":
+                    f"worker {w.index} (pid {w.proc.pid}) died with exit code {rc} while running this request; "
+                    "it has been replaced, retry the request", "details": {"exit_code": rc}})
+
+    # -- jobs --------------------------------------------------------------------------
+    def call(self, tensors: list[tuple[str, np.ndarray]], *, traceparent: str | None, collect: bool,
+             timeout_s: float) -> Message:
+        """Run one job on an idle worker and return its DONE (an ERROR is raised)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            w = next((x for x in self.workers if x.ready and x.busy_with is None), None)
+            if w is not None:
+                break
+            self._check_processes()
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"no worker became ready within {timeout_s:g} s")
+            self._pump(50)
+        rid = self._next_id
+        self._next_id += 1
+        w.busy_with = rid
+        self._send(w, Message(Kind.JOB, rid, {"collect": collect}, tensors, traceparent))
+        while rid not in self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                w.busy_with = None
+                raise ServiceUnavailable(f"worker {w.index} did not finish the request within {timeout_s:g} s")
+            self._pump(min(100, max(1, int(remaining * 1000))))
+            if rid not in self._pending:
+                self._check_processes()
+        msg = self._pending.pop(rid)
+        if msg.kind == Kind.ERROR:
+            raise from_wire(msg.body)
+        return msg
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        for w in self.workers:
+            if w.identity is not None and w.proc.poll() is None:
+                try:
+                    self._send(w, Message(Kind.STOP))
+                except zmq.ZMQError:
+                    pass
+        deadline = time.monotonic() + timeout_s
+        for w in self.workers:
+            try:
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.terminate()
+                try:
+                    w.proc.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    w.proc.kill()
+                    w.proc.wait()
+        self.sock.close(linger=0)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers]
+

@@ -1,0 +1,16 @@
+"""Registry: ONNX operator type → cost rule."""
+
+from __future__ import annotations
+
+from compiler_svc.cost.rules import Rule, conv, eltwise, free, gemm, move, pool
+
+RULES: dict[str, Rule] = {
+    "Conv": conv, "ConvTranspose": conv,
+    "Gemm": gemm, "MatMul": gemm,
+    "MaxPool": pool, "AveragePool": pool, "GlobalAveragePool": pool, "GlobalMaxPool": pool,
+    "Relu": eltwise, "Clip": eltwise, "LeakyRelu": eltwise, "Sigmoid": eltwise, "HardSigmoid": eltwise,
+    "HardSwish": eltwise, "Add": eltwise, "Mul": eltwise, "Sub": eltwise, "Div": eltwise,
+    "Transpose": move, "Concat": move, "Resize": move, "Pad": move, "Slice": move, "Split": move,
+    "Reshape": free, "Flatten": free, "Squeeze": free, "Unsqueeze": free, "Identity": free,
+}
+"""Quantize/DequantizeLinear are absent on purpose: the chip fuses them into int8 kernels."""

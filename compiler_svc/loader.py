@@ -1,0 +1,37 @@
+"""Reading a model the user handed us, with an error that says what is wrong and what to do."""
+
+from __future__ import annotations
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from services.errors import InvalidModel
+
+__all__ = ["load_model", "opset_of", "OPSET_RANGE"]
+
+OPSET_RANGE = (11, 17)
+
+
+def load_model(data: bytes) -> onnx.ModelProto:
+    if not data:
+        raise InvalidModel("the model is empty (0 bytes); pass an .onnx file, its bytes, or an .enf program")
+    try:
+        model = onnx.load_from_string(bytes(data))
+    except (DecodeError, ValueError, RuntimeError) as e:
+        hint = "the file looks truncated" if "runcated" in str(e) else "it is not an ONNX protobuf"
+        raise InvalidModel(f"cannot parse the model ({len(data)} bytes): {hint} ({e}). "
+                           "Pass an .onnx file, its bytes, or an .enf program") from None
+    if not model.graph.node:
+        raise InvalidModel("the model has no nodes: it is not an ONNX model (or an empty one)")
+    opset = opset_of(model)
+    if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
+        raise InvalidModel(f"the model uses opset {opset}; npusim compiles opset {OPSET_RANGE[0]}–{OPSET_RANGE[1]}. "
+                           "Re-export it with opset_version=13")
+    return model
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise InvalidModel("the model imports no default-domain opset")

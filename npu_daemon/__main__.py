@@ -1,0 +1,36 @@
+"""``python -m npu_daemon --name npu0``: one emulated device (what ``npusim up`` spawns)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import zmq
+
+from services.errors import NpusimError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from npu_daemon.server import DaemonOptions, DaemonService
+    from services.runner import common_args, prepare, serve, service_kwargs
+
+    p = argparse.ArgumentParser(prog="python -m npu_daemon", description=__doc__)
+    common_args(p, default_name="npu0")
+    p.add_argument("--timing-only", action="store_true")
+    p.add_argument("--ort-threads", type=int, default=1)
+    p.add_argument("--queue-limit", type=int, default=128)
+    p.add_argument("--time-scale", type=float, default=1.0)
+    args = p.parse_args(argv)
+    try:
+        rdir, endpoint = prepare(args, kind="daemon")
+        opts = DaemonOptions(timing_only=args.timing_only, ort_threads=args.ort_threads,
+                             queue_limit=args.queue_limit, time_scale=args.time_scale)
+        service = DaemonService(args.name, endpoint, options=opts, **service_kwargs(args))
+    except (NpusimError, zmq.ZMQError) as e:
+        print(f"npusim daemon: {e}", file=sys.stderr)
+        return 2
+    return serve(service, kind="daemon", rdir=rdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The device daemon: admission (exclusive PEs), per-PE FIFO queues, emulated timing, replies.
+
+A RUN is answered at the later of two instants: when the emulated PE finishes the job
+(its timeline) and when onnxruntime has really computed the outputs. When the host is the
+later one the job is *host-bound*: the wall clock then no longer matches the chip, so the
+daemon counts it and marks it in the reply and the trace.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from opentelemetry import trace
+
+from npu_daemon.execute import Executor
+from npu_daemon.timeline import JobTimes, Timeline
+from services import tracing
+from services.devices import PE_NAMES
+from services.discovery import pid_alive
+from services.errors import (
+    DeviceBusy,
+    DeviceError,
+    DeviceNotFound,
+    NpusimError,
+    QueueFull,
+    SessionClosed,
+)
+from services.hw import WARBOY, Hardware
+from services.program import Program
+from services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind, Message, error_message
+from services.server import Request, Service
+
+__all__ = ["DaemonService", "DaemonOptions"]
+
+log = logging.getLogger("npusim.daemon")
+
+CORES = {"pe0": (0,), "pe1": (1,), "pe0-1": (0, 1)}
+TARGET_PE = {"warboy": ("pe0", "pe1"), "warboy-2pe": ("pe0-1",)}
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    timing_only: bool = False
+    ort_threads: int = 1
+    queue_limit: int = 128
+    time_scale: float = 1.0
+    hw: Hardware = WARBOY
+
+
+@dataclass
+class OpenSession:
+    handle: str
+    pe: str
+    name: str
+    client_pid: int | None
+    program: Program
+    timeline: Timeline
+    executor: Executor | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    outstanding: int = 0
+    jobs: int = 0
+    host_bound: int = 0
+
+    @property
+    def in_bytes(self) -> int:
+        return sum(s.size for s in self.program.npu_inputs)
+
+    @property
+    def out_bytes(self) -> int:
+        return sum(s.size for s in self.program.npu_outputs)
+
+
+class DaemonService(Service):
+    service = "daemon"
+
+    def __init__(self, name: str, endpoint: str, *, options: DaemonOptions = DaemonOptions(), **kw: Any) -> None:
+        super().__init__(name, endpoint, **kw)
+        self.options = options
+        self.owner: dict[int, str | None] = {0: None, 1: None}  # core -> session handle
+        self.sessions: dict[str, OpenSession] = {}
+        self.released: list[dict[str, Any]] = []
+        self._wall_offset = time.time_ns() - time.monotonic_ns()
+        self.handlers.update({
+            Kind.OPEN: self._open,
+            Kind.CLOSE: self._close,
+            Kind.RUN: self._run,
+            Kind.HEARTBEAT: self._heartbeat,
+        })
+
+    # -- HEALTH / STATS -------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        pes = {}
+        for pe, cores in CORES.items():
+            owners = {self.owner[c] for c in cores} - {None}
+            s = self.sessions.get(next(iter(owners))) if owners else None
+            pes[pe] = {"available": not owners, "session": s.name if s else None,
+                       "client_pid": s.client_pid if s else None}
+        return {"device": self.name, "pes": pes, "sessions": len(self.sessions),
+                "timing_only": self.options.timing_only}
+
+    def extra_stats(self) -> dict[str, Any]:
+        return {"sessions": {h: {"pe": s.pe, "name": s.name, "jobs": s.jobs, "host_bound": s.host_bound,
+                                 "outstanding": s.outstanding, "busy_ns": s.timeline.busy_ns,
+                                 "exec_ns": s.timeline.exec_ns}
+                             for h, s in self.sessions.items()},
+                "released": self.released[-20:]}
+
+    # -- OPEN / CLOSE ---------------------------------------------------------------
+    def _open(self, req: Request) -> Message | None:
+        body = req.msg.body
+        pe = body["pe"]
+        if pe not in CORES:
+            raise DeviceNotFound(f"{self.name} has no PE {pe!r}; it has {', '.join(PE_NAMES)}",
+                                 details={"device": self.name, "pe": pe})
+        program = Program.from_bytes(req.msg.tensor("program"))
+        allowed = TARGET_PE.get(program.target, ())
+        if pe not in allowed:
+            fix = "warboy-2pe" if pe == "pe0-1" else "warboy"
+            raise DeviceError(
+                f"the program was compiled for {program.target} and cannot open on {self.name}{pe}; "
+                f"use device {'/'.join(self.name + p for p in allowed)} or compile with target_npu={fix!r}",
+                details={"target": program.target, "pe": pe})
+        busy = {self.owner[c] for c in CORES[pe]} - {None}
+        if busy:
+            holder = self.sessions[busy.pop()]
+            raise DeviceBusy(f"{self.name}{pe} is in use by session {holder.name!r} (pid {holder.client_pid}) on "
+                             f"{self.name}{holder.pe}; close that session or pick another device",
+                             details={"device": self.name, "pe": pe, "holder": holder.name})
+        handle = uuid.uuid4().hex
+        s = OpenSession(handle, pe, body["session"], body.get("client_pid"), program,
+                        Timeline(self.options.hw, time_scale=self.options.time_scale))
+        self.sessions[handle] = s
+        for c in CORES[pe]:
+            self.owner[c] = handle
+
+        def load() -> None:
+            try:
+                s.executor = Executor(program, threads=self.options.ort_threads, timing_only=self.options.timing_only)
+                reply = req.msg.reply(Kind.OPENED, {"handle": handle, "pe": pe, "device": self.name,
+                                                    "queue_limit": self.options.queue_limit})
+            except Exception as e:  # noqa: BLE001 - onnxruntime load errors are user-facing
+                self.call_soon_threadsafe(lambda: self._release(handle, "load failed"))
+                err = e if isinstance(e, NpusimError) else DeviceError(f"cannot load the program: {e}")
+                reply = error_message(req.msg.id, err)
+            self.reply(req, reply)
+
+        threading.Thread(target=load, name=f"load-{handle[:8]}", daemon=True).start()
+        return None
+
+    def _close(self, req: Request) -> Message:
+        self._release(req.msg.body["handle"], "closed by the client")
+        return req.msg.reply(Kind.CLOSED)
+
+    def _release(self, handle: str, why: str) -> None:
+        s = self.sessions.pop(handle, None)
+        if s is None:
+            return
+        for c in CORES[s.pe]:
+            if self.owner[c] == handle:
+                self.owner[c] = None
+        if s.executor is not None:
+            s.executor.close()
+        self.released.append({"session": s.name, "pe": s.pe, "why": why, "at": time.time()})
+        log.info("%s: released %s%s of session %r: %s", self.name, self.name, s.pe, s.name, why)
+
+    # -- liveness ---------------------------------------------------------------------
+    def _heartbeat(self, req: Request) -> Message:
+        now = time.monotonic()
+        dead = []
+        for h in req.msg.body.get("handles") or []:
+            s = self.sessions.get(h) if isinstance(h, str) else None
+            if s is None:
+                dead.append(h)
+            else:
+                s.last_seen = now
+        return req.msg.reply(Kind.HEARTBEAT_OK, {"dead": dead})
+
+    def tick(self) -> None:
+        limit = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
+        now = time.monotonic()
+        for h, s in list(self.sessions.items()):
+            if s.client_pid is not None and self.endpoint.startswith("ipc://") and not pid_alive(s.client_pid):
+                self._release(h, f"client process {s.client_pid} exited")
+            elif now - s.last_seen > limit and s.outstanding == 0:
+                self._release(h, f"no heartbeat for {now - s.last_seen:.1f} s")
+
+    def on_stop(self) -> None:
+        for h in list(self.sessions):
+            self._release(h, "daemon stopping")
+
+    # -- RUN --------------------------------------------------------------------------
+    def _run(self, req: Request) -> Message | None:
+        handle = req.msg.body["handle"]
+        s = self.sessions.get(handle)
+        if s is None or s.executor is None:
+            raise SessionClosed(f"{self.name} has no open session {handle[:8]}…: it was closed, timed out, or the "
+                                "daemon restarted; create a new session")
+        s.last_seen = time.monotonic()
+        inputs = s.executor.check(req.msg.tensors)
+        if s.outstanding >= self.options.queue_limit:
+            raise QueueFull(f"{self.name}{s.pe} already has {s.outstanding} jobs queued (limit "
+                            f"{self.options.queue_limit}); wait for results before submitting more")
+        est = s.program.estimate
+        times = s.timeline.schedule(req.received_ns, s.in_bytes, s.out_bytes,
+                                    est.get("npu_ns", 0.0) + est.get("job_overhead_ns", 0.0))
+        s.outstanding += 1
+        s.jobs += 1
+        ex = s.executor
+        if ex.inline:
+            outs, ready = ex.timed(inputs)
+            self._complete(req, s, times, outs, ready)
+        else:
+            def done(fut: cf.Future[tuple[list[np.ndarray], int]]) -> None:
+                self.call_soon_threadsafe(lambda: self._complete_future(req, s, times, fut))
+
+            ex.submit(inputs, done)
+        return None
+
+    def _complete_future(self, req: Request, s: OpenSession, times: JobTimes,
+                         fut: cf.Future[tuple[list[np.ndarray], int]]) -> None:
+        try:
+            outs, ready = fut.result()
+        except Exception as e:  # noqa: BLE001
+            s.outstanding -= 1
+            log.exception("%s: execution failed", self.name)
+            self.reply(req, error_message(req.msg.id, DeviceError(f"NPU execution failed: {e}")))
+            return
+        self._complete(req, s, times, outs, ready)
+
+    def _complete(self, req: Request, s: OpenSession, times: JobTimes, outs: list[np.ndarray], ready: int) -> None:
+        due = max(times.end, ready)
+        if due <= time.monotonic_ns():
+            self._finish(req, s, times, outs, ready)
+        else:
+            self.call_at(due, lambda: self._finish(req, s, times, outs, ready))
+
+    def _finish(self, req: Request, s: OpenSession, times: JobTimes, outs: list[np.ndarray], ready: int) -> None:
+        s.outstanding -= 1
+        host_bound = ready > times.end
+        s.host_bound += host_bound
+        timing: dict[str, Any] = times.as_dict()
+        timing.update(host_bound=host_bound, zero_filled=self.options.timing_only,
+                      emulated_ns=times.end - times.arrival, replied_ns=max(times.end, ready) - times.arrival)
+        body: dict[str, Any] = {"timing": timing}
+        parent = tracing.extract(req.msg.traceparent)
+        if parent is not None:
+            collect = bool(req.msg.body.get("collect"))
+            body["spans"] = self._spans(parent, s, times, host_bound, max(times.end, ready), collect)
+        names = [spec.name for spec in s.program.npu_outputs]
+        self.reply(req, req.msg.reply(Kind.RESULT, body, list(zip(names, outs))))
+
+    def _spans(self, parent: Any, s: OpenSession, t: JobTimes, host_bound: bool, replied: int,
+               collect: bool) -> list[dict[str, Any]]:
+        off = self._wall_offset
+        tr = tracing.tracer()
+        track = {tracing.TRACK: f"{self.name}{s.pe}"}
+        with tracing.capture(collect) as spans:
+            job = tr.start_span("npu.job", context=parent, start_time=t.arrival + off,
+                                attributes={**track, "pe": s.pe, "session": s.name, "host_bound": host_bound,
+                                            "program": s.program.meta.get("model", "")})
+            ctx = trace.set_span_in_context(job)
+            for name, a, b, extra in (
+                ("npu.queue", t.arrival, t.start, {}),
+                ("npu.h2d", t.start, t.h2d_end, {"bytes": s.in_bytes}),
+                ("npu.exec", t.h2d_end, t.exec_end, {"cycles": int(s.program.estimate.get("npu_cycles", 0)),
+                                                     "bound_by": "host" if host_bound else "npu"}),
+                ("npu.d2h", t.exec_end, t.end, {"bytes": s.out_bytes}),
+            ):
+                sp = tr.start_span(name, context=ctx, start_time=a + off, attributes={**track, **extra})
+                sp.end(end_time=b + off)
+            job.end(end_time=replied + off)
+        return [tracing.to_record(sp) for sp in spans]
+

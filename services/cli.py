@@ -1,0 +1,132 @@
+"""``npusim``: the one command-line entry point.
+
+Commands are declared here (so ``--help`` is instant) and their bodies live with the package
+that owns them, resolved from a dotted name at call time: ``services`` never imports
+``compiler_svc``, ``npu_daemon`` or ``client`` at module level.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from services.errors import NpusimError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="npusim: an emulated Warboy-class NPU inference stack (compiler, device daemons, client).")
+keys_app = typer.Typer(no_args_is_help=True, help="CURVE keys for serving beyond loopback.")
+app.add_typer(keys_app, name="keys")
+
+
+def _call(target: str, **kwargs: Any) -> Any:
+    module, _, func = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), func)(**kwargs)
+    except NpusimError as e:
+        typer.secho(f"npusim: {type(e).__name__}: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _module_main(module: str, args: list[str]) -> None:
+    rc = importlib.import_module(f"{module}.__main__").main(args)
+    raise typer.Exit(rc)
+
+
+def _service_args(name: str, bind: Optional[str], run_dir: Optional[Path], curve_dir: Optional[Path]) -> list[str]:
+    args = ["--name", name]
+    if bind:
+        args += ["--bind", bind]
+    if run_dir:
+        args += ["--run-dir", str(run_dir)]
+    if curve_dir:
+        args += ["--curve-dir", str(curve_dir)]
+    return args
+
+
+@app.command()
+def compiler(
+    bind: Optional[str] = typer.Option(None, help="ipc://PATH or tcp://127.0.0.1:PORT (default: ipc in the run dir)"),
+    run_dir: Optional[Path] = typer.Option(None, help="run directory (default $NPUSIM_RUN_DIR or /tmp/npusim-UID)"),
+    cache_dir: Optional[Path] = typer.Option(None, help="program cache (default ~/.cache/npusim/programs)"),
+    cache_max_bytes: Optional[int] = typer.Option(None, help="cache size limit; 0 disables the cache"),
+    curve_dir: Optional[Path] = typer.Option(None, help="CURVE key directory (required beyond loopback)"),
+) -> None:
+    """Run the compiler service in the foreground."""
+    args = _service_args("compiler", bind, run_dir, curve_dir)
+    if cache_dir:
+        args += ["--cache-dir", str(cache_dir)]
+    if cache_max_bytes is not None:
+        args += ["--cache-max-bytes", str(cache_max_bytes)]
+    _module_main("compiler_svc", args)
+
+
+@app.command()
+def daemon(
+    device: str = typer.Option("npu0", help="device name: npu0, npu1, ..."),
+    bind: Optional[str] = typer.Option(None, help="ipc://PATH or tcp://127.0.0.1:PORT (default: ipc in the run dir)"),
+    run_dir: Optional[Path] = typer.Option(None, help="run directory"),
+    timing_only: bool = typer.Option(False, help="emulate timing only; outputs are zero-filled"),
+    ort_threads: int = typer.Option(1, help="onnxruntime threads for functional execution"),
+    time_scale: float = typer.Option(1.0, help="scale every emulated duration (0 = no emulated time)"),
+    curve_dir: Optional[Path] = typer.Option(None, help="CURVE key directory (required beyond loopback)"),
+) -> None:
+    """Run one emulated NPU device in the foreground."""
+    args = _service_args(device, bind, run_dir, curve_dir)
+    args += ["--ort-threads", str(ort_threads), "--time-scale", str(time_scale)]
+    if timing_only:
+        args.append("--timing-only")
+    _module_main("npu_daemon", args)
+
+
+@app.command()
+def up(
+    devices: int = typer.Option(1, min=1, help="number of emulated devices (npu0, npu1, ...)"),
+    bind: Optional[str] = typer.Option(None, help="tcp://127.0.0.1:PORT: compiler on PORT, npuN on PORT+1+N"),
+    run_dir: Optional[Path] = typer.Option(None, help="run directory"),
+    timing_only: bool = typer.Option(False, help="daemons emulate timing only"),
+    curve_dir: Optional[Path] = typer.Option(None, help="CURVE key directory (required beyond loopback)"),
+) -> None:
+    """Start the compiler service and N device daemons; stop them all on Ctrl-C or SIGTERM."""
+    _call("services.stack_cli:up", devices=devices, bind=bind, run_dir=run_dir, timing_only=timing_only,
+          curve_dir=curve_dir)
+
+
+@app.command()
+def status(
+    run_dir: Optional[Path] = typer.Option(None, help="run directory"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """List the running services and devices, with their PEs."""
+    _call("services.stack_cli:status", run_dir=run_dir, json_out=json_out)
+
+
+@app.command()
+def demo(
+    requests: int = typer.Option(200, "-n", "--requests", min=1, help="timed requests"),
+    trace: Path = typer.Option(Path("trace.json"), help="Chrome/Perfetto trace to write"),
+    width: int = typer.Option(64, help="input width (and height) of the demo CNN"),
+) -> None:
+    """Build a small CNN, compile it, run it, print latency, throughput and per-operator times."""
+    _call("client.demo:run", requests=requests, trace=trace, width=width)
+
+
+@keys_app.command("generate")
+def keys_generate(directory: Path = typer.Argument(..., help="where to write the key pairs")) -> None:
+    """Create server and client CURVE key pairs (and authorise the client)."""
+    keys = _call("services.sockets:generate_keys", directory=directory)
+    typer.echo(f"wrote CURVE keys to {keys.directory}; serve with --curve-dir {keys.directory}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""The serving side: one ROUTER socket, one loop, handlers by message kind.
+
+The loop waits on the socket's file descriptor with ``select`` so timers fire with
+microsecond resolution (``zmq_poll`` rounds to milliseconds, too coarse for an emulated
+NPU job of a few hundred microseconds). Handlers run on the loop thread; slow work (a
+compile, an onnxruntime run) goes to a thread that hands its reply back through
+:meth:`Service.reply`, which is thread-safe. A message that fails to decode is answered
+with a ProtocolError and counted; a handler that raises is answered with its error. The
+loop itself never dies of a bad message.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from services import __version__
+from services.errors import NpusimError, ProtocolError
+from services.protocol import DEFAULT_MAX_MESSAGE_BYTES, Kind, Message, decode, encode, error_message, peek_id
+from services.sockets import CurveKeys, bind, new_socket
+
+__all__ = ["Request", "Service"]
+
+log = logging.getLogger("npusim.server")
+
+
+@dataclass(slots=True)
+class Request:
+    """A decoded request and where to send its reply."""
+
+    peer: bytes
+    msg: Message
+    received_ns: int  # time.monotonic_ns() when the loop read it
+
+
+@dataclass
+class _Stats:
+    received: int = 0
+    replied: int = 0
+    protocol_errors: int = 0
+    handler_errors: int = 0
+    undeliverable: int = 0
+    busy_ns: int = 0  # time the loop spent handling messages (its load)
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+Handler = Callable[[Request], Message | None]
+
+
+class Service:
+    """A ROUTER service. Subclasses fill :attr:`handlers` and :meth:`info`."""
+
+    service = "service"
+
+    def __init__(self, name: str, endpoint: str, *, keys: CurveKeys | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, parent_pid: int | None = None) -> None:
+        self.name = name
+        self.max_message_bytes = max_message_bytes
+        self.parent_pid = parent_pid
+        self.ctx = zmq.Context()
+        self.sock = new_socket(self.ctx, zmq.ROUTER, max_message_bytes=max_message_bytes, sndtimeo_ms=0)
+        self.endpoint = bind(self.sock, endpoint, keys=keys)
+        self.started = time.time()
+        self.stats = _Stats()
+        self.handlers: dict[Kind, Handler] = {Kind.HEALTH: self._health, Kind.STATS: self._stats_handler}
+        self._outbox: deque[tuple[bytes, Message]] = deque()
+        self._calls: deque[Callable[[], None]] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._timers: list[tuple[int, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._stopping = threading.Event()
+        self._loop_thread: threading.Thread | None = None
+
+    # -- what subclasses provide -------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """Extra fields for HEALTH_OK (devices, cache, ...)."""
+        return {}
+
+    def extra_stats(self) -> dict[str, Any]:
+        return {}
+
+    def tick(self) -> None:
+        """Called at least every 0.5 s on the loop thread (liveness checks)."""
+
+    def on_stop(self) -> None:
+        """Called on the loop thread after the loop ends, before the socket closes."""
+
+    # -- thread-safe API ----------------------------------------------------------
+    def reply(self, req: Request, msg: Message) -> None:
+        """Queue a reply from any thread; the loop sends it."""
+        if threading.current_thread() is self._loop_thread:
+            self._send(req.peer, msg)
+            return
+        self._outbox.append((req.peer, msg))
+        self._wake()
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread as soon as possible (from any thread)."""
+        self._calls.append(fn)
+        self._wake()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake()
+
+    # -- loop-thread API ----------------------------------------------------------
+    def call_at(self, when_ns: int, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread at ``time.monotonic_ns() >= when_ns``."""
+        heapq.heappush(self._timers, (when_ns, next(self._seq), fn))
+
+    def serve_forever(self) -> None:
+        self._loop_thread = threading.current_thread()
+        fd = self.sock.getsockopt(zmq.FD)
+        next_tick = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                busy = self._drain_socket()
+                while self._calls:
+                    self._guard(self._calls.popleft())
+                while self._outbox:
+                    peer, msg = self._outbox.popleft()
+                    self._send(peer, msg)
+                now = time.monotonic_ns()
+                while self._timers and self._timers[0][0] <= now:
+                    _, _, fn = heapq.heappop(self._timers)
+                    self._guard(fn)
+                    now = time.monotonic_ns()
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + 0.5
+                    self._check_parent()
+                    self._guard(self.tick)
+                if busy or self._outbox or self._calls or (self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN):
+                    continue
+                wait = max(0.0, next_tick - time.monotonic())
+                if self._timers:
+                    wait = min(wait, max(0.0, (self._timers[0][0] - time.monotonic_ns()) / 1e9))
+                r, _, _ = select.select([fd, self._wake_r], [], [], wait)
+                if self._wake_r in r:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+        finally:
+            self._guard(self.on_stop)
+            while self._outbox:
+                peer, msg = self._outbox.popleft()
+                self._send(peer, msg)
+            self.sock.close(linger=1000)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.ctx.term()
+
+    # -- internals ----------------------------------------------------------------
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full or closed: the loop is awake or gone either way
+
+    def _check_parent(self) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log.warning("%s: parent process %d is gone; stopping", self.name, self.parent_pid)
+            self._stopping.set()
+
+    def _guard(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - a timer or hook must not kill the loop
+            log.exception("%s: error in %r", self.name, fn)
+
+    def _drain_socket(self, budget: int = 64) -> bool:
+        """Handle up to ``budget`` messages; True if more may be waiting."""
+        for _ in range(budget):
+            try:
+                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return False
+            t0 = time.perf_counter_ns()
+            self._dispatch(frames)
+            self.stats.busy_ns += time.perf_counter_ns() - t0
+            if self._timers and self._timers[0][0] <= time.monotonic_ns():
+                return True
+        return True
+
+    def _dispatch(self, frames: list[zmq.Frame]) -> None:
+        received = time.monotonic_ns()
+        self.stats.received += 1
+        peer = frames[0].bytes
+        body = frames[1:]
+        try:
+            msg = decode(body, max_message_bytes=self.max_message_bytes)
+        except ProtocolError as e:
+            self.stats.protocol_errors += 1
+            self._send(peer, error_message(peek_id(body) if body else 0, e))
+            return
+        self.stats.by_kind[msg.kind.name] = self.stats.by_kind.get(msg.kind.name, 0) + 1
+        handler = self.handlers.get(msg.kind)
+        if handler is None:
+            self.stats.protocol_errors += 1
+            self._send(peer, error_message(msg.id, ProtocolError(
+                f"the {self.service} does not handle {msg.kind.name} messages")))
+            return
+        try:
+            out = handler(Request(peer, msg, received))
+        except NpusimError as e:
+            self.stats.handler_errors += 1
+            out = error_message(msg.id, e)
+        except Exception as e:  # noqa: BLE001 - report, never die
+            self.stats.handler_errors += 1
+            log.exception("%s: handler for %s failed", self.name, msg.kind.name)
+            out = error_message(msg.id, e)
+        if out is not None:
+            self._send(peer, out)
+
+    def _send(self, peer: bytes, msg: Message) -> None:
+        try:
+            frames = encode(msg)
+        except ProtocolError as e:
+            self.stats.handler_errors += 1
+            log.exception("%s: could not encode %s", self.name, msg.kind.name)
+            frames = encode(error_message(msg.id, e))
+        try:
+            self.sock.send_multipart([peer, *frames], copy=False, flags=zmq.NOBLOCK)
+            self.stats.replied += 1
+        except zmq.ZMQError as e:
+            # The requester vanished or stopped reading: its own timeout reports the loss.
+            self.stats.undeliverable += 1
+            log.debug("%s: reply %s to %r undeliverable: %s", self.name, msg.kind.name, peer, e)
+
+    def _health(self, req: Request) -> Message:
+        body = {
+            "service": self.service,
+            "name": self.name,
+            "pid": os.getpid(),
+            "version": __version__,
+            "endpoint": self.endpoint,
+            "uptime_s": time.time() - self.started,
+            "max_message_bytes": self.max_message_bytes,
+        }
+        body.update(self.info())
+        return req.msg.reply(Kind.HEALTH_OK, body)
+
+    def _stats_handler(self, req: Request) -> Message:
+        s = self.stats
+        stats = {
+            "received": s.received,
+            "replied": s.replied,
+            "protocol_errors": s.protocol_errors,
+            "handler_errors": s.handler_errors,
+            "undeliverable": s.undeliverable,
+            "busy_ns": s.busy_ns,
+            "by_kind": dict(s.by_kind),
+        }
+        stats.update(self.extra_stats())
+        return req.msg.reply(Kind.STATS_OK, {"stats": stats})

@@ -1,0 +1,117 @@
+"""``npusim up`` and ``npusim status``: start a whole stack, or look at a running one."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.table import Table
+
+from services import launch
+from services.config import run_dir as resolve_run_dir
+from services.discovery import records
+from services.errors import ConfigError, NpusimError, ServiceUnavailable
+from services.protocol import Kind
+from services.rpc import Peer
+from services.sockets import check_bind_endpoint, ipc_endpoint, load_keys
+
+__all__ = ["up", "status", "endpoints_for"]
+
+console = Console()
+
+
+def endpoints_for(devices: int, bind: str | None, rdir: Path) -> dict[str, str]:
+    """Endpoints of ``compiler`` and ``npu0..`` : ipc in the run dir, or consecutive tcp ports."""
+    names = ["compiler"] + [f"npu{i}" for i in range(devices)]
+    if bind is None:
+        return {n: ipc_endpoint(rdir, n) for n in names}
+    parts = urlsplit(bind)
+    if parts.scheme != "tcp" or parts.port is None:
+        raise ConfigError(f"--bind {bind!r}: give tcp://HOST:PORT; the compiler takes PORT and npuN PORT+1+N")
+    host = parts.hostname if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
+    return {n: f"tcp://{host}:{parts.port + i}" for i, n in enumerate(names)}
+
+
+def up(*, devices: int, bind: str | None, run_dir: Path | None, timing_only: bool, curve_dir: Path | None) -> None:
+    rdir = resolve_run_dir(run_dir)
+    running = records(rdir)
+    if running:
+        names = ", ".join(f"{r.name} (pid {r.pid})" for r in running)
+        raise ConfigError(f"services are already running in {rdir}: {names}; stop them first or use --run-dir")
+    keys = load_keys(curve_dir)
+    eps = endpoints_for(devices, bind, rdir)
+    for ep in eps.values():
+        check_bind_endpoint(ep, keys)
+    extra = ["--curve-dir", str(curve_dir)] if curve_dir else []
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    children: list[launch.Child] = []
+    try:
+        for name, ep in eps.items():
+            kind = "compiler" if name == "compiler" else "daemon"
+            args = extra + (["--timing-only"] if timing_only and kind == "daemon" else [])
+            children.append(launch.start(kind, name, ep, rdir, extra=args))
+        launch.wait_healthy(children)
+        table = Table(title=f"npusim up — run dir {rdir}")
+        for col in ("service", "endpoint", "pid"):
+            table.add_column(col)
+        for c in children:
+            table.add_row(c.name, c.endpoint, str(c.proc.pid))
+        console.print(table)
+        console.print("ready — Ctrl-C to stop", style="green")
+        while True:
+            for c in children:
+                rc = c.proc.poll()
+                if rc is not None:
+                    raise ServiceUnavailable(f"{c.kind} {c.name} exited unexpectedly with code {rc}:\n{c.log_tail()}")
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        console.print("stopping …")
+    finally:
+        killed = launch.stop_all(children)
+        if children:
+            note = f" (had to kill {', '.join(killed)})" if killed else ""
+            console.print(f"stopped {len(children)} services{note}")
+
+
+def _probe(endpoint: str, name: str) -> dict[str, Any] | None:
+    try:
+        with Peer(endpoint, name=name, timeout_s=1.0) as peer:
+            return peer.request(Kind.HEALTH).body
+    except NpusimError:
+        return None
+
+
+def status(*, run_dir: Path | None, json_out: bool) -> None:
+    rdir = resolve_run_dir(run_dir)
+    rows = []
+    for r in records(rdir):
+        health = _probe(r.endpoint, r.name)
+        rows.append({"name": r.name, "kind": r.kind, "endpoint": r.endpoint, "pid": r.pid,
+                     "state": "up" if health else "not answering",
+                     "uptime_s": round(time.time() - r.started, 1),
+                     "pes": (health or {}).get("pes"), "sessions": (health or {}).get("sessions")})
+    if json_out:
+        print(json.dumps({"run_dir": str(rdir), "services": rows}))
+        return
+    if not rows:
+        console.print(f"no npusim services are running in {rdir}; start them with `npusim up`")
+        return
+    table = Table(title=f"npusim services in {rdir}")
+    for col in ("name", "kind", "endpoint", "pid", "uptime", "state", "PEs"):
+        table.add_column(col)
+    for r in rows:
+        pes = ""
+        if r["pes"]:
+            pes = ", ".join(f"{pe}: {'free' if v['available'] else 'busy (' + str(v['session']) + ')'}"
+                            for pe, v in r["pes"].items())
+        table.add_row(r["name"], r["kind"], r["endpoint"], str(r["pid"]), f"{r['uptime_s']:.0f} s", r["state"], pes)
+    console.print(table)

@@ -1,0 +1,54 @@
+"""Start real service processes for tests: ipc sockets in a short private temp dir."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from services import launch
+
+
+@dataclass
+class RunningStack:
+    run_dir: Path
+    children: list[launch.Child]
+
+    @property
+    def compiler(self) -> str:
+        return next(c.endpoint for c in self.children if c.kind == "compiler")
+
+    @property
+    def daemons(self) -> dict[str, str]:
+        return {c.name: c.endpoint for c in self.children if c.kind == "daemon"}
+
+    def child(self, name: str) -> launch.Child:
+        return next(c for c in self.children if c.name == name)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "NPUSIM_COMPILER_ENDPOINT": self.compiler,
+            "NPUSIM_DAEMON_ENDPOINTS": ",".join(f"{k}={v}" for k, v in self.daemons.items()),
+            "NPUSIM_NO_EMBED": "1",
+        }
+
+
+@contextlib.contextmanager
+def start_stack(devices: int = 1, *, compiler: bool = True, daemon_args: tuple[str, ...] = ()) -> Iterator[RunningStack]:
+    rdir = Path(tempfile.mkdtemp(prefix="npusim-t-", dir="/tmp"))
+    children = []
+    try:
+        if compiler:
+            children.append(launch.start("compiler", "compiler", f"ipc://{rdir}/compiler.sock", rdir,
+                                         extra=["--cache-dir", str(rdir / "cache")]))
+        for i in range(devices):
+            children.append(launch.start("daemon", f"npu{i}", f"ipc://{rdir}/npu{i}.sock", rdir,
+                                         extra=list(daemon_args)))
+        launch.wait_healthy(children)
+        yield RunningStack(rdir, children)
+    finally:
+        launch.stop_all(children)
+        shutil.rmtree(rdir, ignore_errors=True)
