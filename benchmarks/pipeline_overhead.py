@@ -56,43 +56,49 @@ def _echo(endpoint: str, ready: mp.synchronize.Event) -> None:
     ctx.term()
 
 
-def raw_roundtrip(n: int, nbytes: int, tmp: str) -> list[float]:
-    ep = f"ipc://{tmp}/echo.sock"
-    ready = mp.get_context("spawn").Event()
-    p = mp.get_context("spawn").Process(target=_echo, args=(ep, ready))
-    p.start()
-    ready.wait(30)
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.connect(ep)
-    data = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
-    out = []
-    for i in range(n + n // 10):
-        t = time.perf_counter()
-        s.send_multipart([b"h", data], copy=False)
-        s.recv_multipart(copy=False)
-        if i >= n // 10:
-            out.append((time.perf_counter() - t) * 1e6)
-    s.send_multipart([b"quit"])
-    p.join(10)
-    s.close(linger=0)
-    ctx.term()
-    return out
+class RawEcho:
+    """A DEALER talking to a ROUTER echo in another process: the floor of one ZeroMQ hop."""
+
+    def __init__(self, tmp: str) -> None:
+        self.endpoint = f"ipc://{tmp}/echo.sock"
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        self.proc = ctx.Process(target=_echo, args=(self.endpoint, ready), daemon=True)
+        self.proc.start()
+        ready.wait(30)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.connect(self.endpoint)
+
+    def roundtrip(self, data: np.ndarray) -> None:
+        self.sock.send_multipart([b"h", data], copy=False)
+        self.sock.recv_multipart(copy=False)
+
+    def close(self) -> None:
+        self.sock.send_multipart([b"quit"])
+        self.proc.join(10)
+        self.sock.close(linger=0)
+        self.ctx.term()
 
 
-def pipeline(n: int, shape: tuple[int, ...]) -> list[float]:
+def measure(n: int, shape: tuple[int, ...], echo: RawEcho) -> tuple[list[float], list[float]]:
+    """Interleave pipeline requests and raw round trips so both see the same machine load."""
     from client import session
 
     x = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-    out = []
+    raw, path = [], []
     with session.create(identity_program(shape)) as sess:
-        for i in range(n + n // 10):
-            t = time.perf_counter()
+        for i in range(n + max(2, n // 10)):
+            t0 = time.perf_counter()
             y = sess.run(x)
-            if i >= n // 10:
-                out.append((time.perf_counter() - t) * 1e6)
-        assert np.array_equal(y[0], x)
-    return out
+            t1 = time.perf_counter()
+            echo.roundtrip(x)
+            t2 = time.perf_counter()
+            if i >= max(2, n // 10):
+                path.append((t1 - t0) * 1e6)
+                raw.append((t2 - t1) * 1e6)
+        assert np.array_equal(y[0], x), "the identity program changed its input"
+    return path, raw
 
 
 def stats(xs: list[float]) -> dict[str, float]:
@@ -101,19 +107,24 @@ def stats(xs: list[float]) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=500)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--smoke", action="store_true", help="a few requests: check that it runs")
+    ap.add_argument("--json", action="store_true", help="print one JSON object of every figure")
     args = ap.parse_args()
+    n = 20 if args.smoke else args.requests
     tmp = tempfile.mkdtemp(prefix="npusim-b-", dir="/tmp")
     daemon = launch.start("daemon", "npu0", f"ipc://{tmp}/npu0.sock", Path(tmp), extra=["--time-scale", "0"])
     results: dict[str, dict[str, float]] = {}
+    echo = None
     try:
         launch.wait_healthy([daemon])
         os.environ["NPUSIM_DAEMON_ENDPOINTS"] = f"npu0={daemon.endpoint}"
+        os.environ["NPUSIM_NO_EMBED"] = "1"
+        echo = RawEcho(tmp)
         for label, shape in SIZES.items():
             nbytes = int(np.prod(shape))
-            raw = stats(raw_roundtrip(args.requests, nbytes, tmp))
-            path = stats(pipeline(args.requests, shape))
+            path_us, raw_us = measure(n, shape, echo)
+            raw, path = stats(raw_us), stats(path_us)
             results[label] = {
                 "bytes": nbytes,
                 "pipeline_p50_us": path["p50_us"], "pipeline_p99_us": path["p99_us"],
@@ -122,11 +133,14 @@ def main() -> None:
                 "ratio_p50": path["p50_us"] / raw["p50_us"],
             }
     finally:
+        if echo is not None:
+            echo.close()
         launch.stop_all([daemon])
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(results))
         return
+    print(f"{n} requests per size, each followed by a raw pyzmq round trip of the same bytes")
     print(f"{'size':>6} {'pipeline p50':>13} {'p99':>9} {'raw zmq RT p50':>15} {'p99':>9} "
           f"{'overhead p50':>13} {'ratio':>6}")
     for label, r in results.items():

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from client import _profiler
+from client._profiler import collecting, deliver
 from client._stack import get_stack
 from client._tensor import TensorDesc, check_inputs
 from client._workers import WorkerPool
@@ -161,10 +161,10 @@ class Session:
         options = {"target_npu": target, "batch_size": batch_size or 1, "compiler_config": compiler_config or {}}
         timeout = env_float(ENV_COMPILE_TIMEOUT, 600.0, minimum=1.0)
         with Peer(stack.compiler, name="compiler", timeout_s=timeout, watch_disconnect=True) as peer:
-            reply = peer.request(Kind.COMPILE, {"options": options, "collect": _profiler.collecting()},
+            reply = peer.request(Kind.COMPILE, {"options": options, "collect": collecting()},
                                  [("model", np.frombuffer(data, dtype=np.uint8))],
                                  traceparent=tracing.inject() if tracing.active() else None)
-        _profiler.deliver(reply.body.get("spans") or [])
+        deliver(reply.body.get("spans") or [])
         info = dict(reply.body["info"], cached=reply.body["cached"])
         for w in info.get("warnings", []):
             log.warning("compiler: %s", w)
@@ -217,16 +217,20 @@ class Session:
         with self._lock:
             self._check_open()
             assert self._pool is not None
-            if tracing.active():
-                with tracing.tracer().start_as_current_span("Inference", attributes={"device": self._device()}):
-                    done = self._pool.call(tensors, traceparent=tracing.inject(), collect=_profiler.collecting(),
-                                           timeout_s=self.timeout_s + 5)
-            else:
-                done = self._pool.call(tensors, traceparent=None, collect=False, timeout_s=self.timeout_s + 5)
+            try:
+                if tracing.active():
+                    with tracing.tracer().start_as_current_span("Inference", attributes={"device": self._device()}):
+                        done = self._pool.call(tensors, traceparent=tracing.inject(),
+                                               collect=collecting(), timeout_s=self.timeout_s + 5)
+                else:
+                    done = self._pool.call(tensors, traceparent=None, collect=False, timeout_s=self.timeout_s + 5)
+            except DeviceUnavailable as e:
+                self._lost = e  # the device is gone: later calls fail at once, close() skips it
+                raise
         if done.body.get("spans"):
-            _profiler.deliver(done.body["spans"])
+            deliver(done.body["spans"])
         self.last_timing = done.body.get("timing") or {}
-        return [np.array(a) for _, a in done.tensors]
+        return [a for _, a in done.tensors]
 
     def run_with(self, outputs: list[str], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run with inputs by name and return only the named outputs, in that order."""
@@ -296,7 +300,8 @@ class Session:
     def _teardown(self) -> None:
         if getattr(self, "_finalizer", None) is not None:
             self._finalizer.detach()
-        Session._finalize(self._pool, self._opened, self._heartbeat)
+        lost = isinstance(self._lost, DeviceUnavailable)
+        Session._finalize(self._pool, None if lost else self._opened, self._heartbeat)
         self._pool = None
         self._state = State.CLOSED
 

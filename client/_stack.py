@@ -56,8 +56,8 @@ def _start_embedded() -> Stack:
         rdir = Path(_tmp)
         t0 = time.monotonic()
         children = [
-            launch.start("compiler", "compiler", f"ipc://{rdir}/compiler.sock", rdir),
-            launch.start("daemon", "npu0", f"ipc://{rdir}/npu0.sock", rdir),
+            launch.start("compiler", "compiler", f"ipc://{rdir}/compiler.sock", rdir, extra=["--ephemeral"]),
+            launch.start("daemon", "npu0", f"ipc://{rdir}/npu0.sock", rdir, extra=["--ephemeral"]),
         ]
         try:
             launch.wait_healthy(children)

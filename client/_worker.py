@@ -13,17 +13,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 from opentelemetry import trace
 
+from client._shm import Arena, layout_of
 from client.ops import CpuOperator, load_op
 from services import tracing
-from services.errors import DeviceUnavailable, NpusimError, ProtocolError
+from services.errors import DeviceUnavailable, NpusimError, ProtocolError, ServiceError
 from services.program import Program
 from services.protocol import Kind, Message, decode, encode, error_message
 from services.rpc import Peer
@@ -41,6 +44,7 @@ class Worker:
         self.post: list[list[CpuOperator]] = []
         self.daemon: Peer | None = None
         self.handle = ""
+        self.arena: Arena | None = None
 
     def setup(self, msg: Message) -> Message:
         self.program = Program.from_bytes(msg.tensor("program"))
@@ -52,6 +56,9 @@ class Worker:
         self.daemon = Peer(b["daemon"], name=b.get("device", "device"), ctx=self.ctx, timeout_s=float(b["timeout_s"]),
                            unavailable=DeviceUnavailable, watch_disconnect=True)
         self.handle = b["handle"]
+        if self.arena is not None:
+            self.arena.close()
+        self.arena = Arena(Path(b["arena"]), layout_of(self.program), create=False) if b.get("arena") else None
         return msg.reply(Kind.SETUP_OK)
 
     def job(self, msg: Message) -> Message:
@@ -70,13 +77,28 @@ class Worker:
         body: dict[str, Any] = {"timing": timing}
         if collect:
             body["spans"] = [tracing.to_record(s) for s in spans] + remote
+        if self.arena is not None:
+            for slot, (name, y) in zip(self.arena.outputs, outputs):
+                if y.shape != slot.shape or y.dtype != slot.dtype:
+                    raise ServiceError(f"output {name!r} is {y.dtype}{y.shape}, the program declares "
+                                       f"{slot.dtype}{slot.shape}")
+                np.copyto(slot, y)
+            outputs = []
         return msg.reply(Kind.DONE, body, outputs)
 
     def _pipeline(self, msg: Message, remote: list[dict[str, Any]]) -> tuple[list[tuple[str, np.ndarray]], dict]:
         assert self.program is not None and self.daemon is not None
         p = self.program
+        if msg.tensors:
+            inputs = [x for _, x in msg.tensors]
+        elif self.arena is not None:
+            inputs = self.arena.inputs
+        else:
+            raise ProtocolError("JOB without tensors for a worker without an arena")
+        if len(inputs) != len(p.inputs):
+            raise ProtocolError(f"JOB carries {len(inputs)} tensors, the program takes {len(p.inputs)}")
         device_inputs = []
-        for (_, x), ops, spec in zip(msg.tensors, self.pre, p.npu_inputs):
+        for x, ops, spec in zip(inputs, self.pre, p.npu_inputs):
             for op in ops:
                 x = op.run(x)
             device_inputs.append((spec.name, x))
@@ -90,6 +112,13 @@ class Worker:
                 y = op.run(y)
             outputs.append((spec.name, y))
         return outputs, reply.body.get("timing", {})
+
+
+def _orphaned(endpoint: str) -> None:
+    """The session's process died without closing us: remove its socket directory."""
+    path = Path(endpoint.removeprefix("ipc://")).parent
+    if path.name.startswith("npusim-w-"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             if not sock.poll(500):
                 if os.getppid() != args.parent_pid:
+                    _orphaned(args.connect)
                     return 0
                 continue
             frames = sock.recv_multipart(copy=False)

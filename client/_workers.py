@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+from client._shm import Arena
 from services.errors import ServiceUnavailable, WorkerCrashed, from_wire
+from services.program import Program
 from services.protocol import Kind, Message, decode, encode
 from services.sockets import new_socket
 
@@ -35,6 +37,8 @@ class _Worker:
     identity: bytes | None = None
     ready: bool = False  # READY received and SETUP done
     busy_with: int | None = None
+    arena: Arena | None = None
+    setup_sent: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -51,6 +55,7 @@ class WorkerPool:
         self.sock.bind(self.endpoint)
         self.workers: list[_Worker] = []
         self._setup: Message | None = None
+        self._program: Program | None = None
         self._next_id = 1
         self._pending: dict[int, Message] = {}
         for i in range(n):
@@ -65,9 +70,11 @@ class WorkerPool:
     # -- start-up ---------------------------------------------------------------------
     def setup(self, program: bytes, *, daemon: str, device: str, handle: str, timeout_s: float) -> None:
         """Send every worker the program and its device; wait until all are ready."""
+        self._program = Program.from_bytes(program)
         self._setup = Message(Kind.SETUP, 0, {"daemon": daemon, "device": device, "handle": handle,
                                               "timeout_s": timeout_s},
                               [("program", np.frombuffer(program, dtype=np.uint8))])
+        self._send_setups()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(w.ready for w in self.workers):
             self._check_processes(during_start=True)
@@ -97,30 +104,54 @@ class WorkerPool:
                 if w is None:
                     continue  # a worker we already replaced
                 w.identity = ident
-                if self._setup is not None:
-                    self._send(w, Message(Kind.SETUP, 0, self._setup.body, self._setup.tensors))
             elif msg.kind in (Kind.SETUP_OK, Kind.ERROR) and w is not None and not w.ready and msg.id == 0:
                 if msg.kind == Kind.ERROR:
                     raise from_wire(msg.body)
                 w.ready = True
+                if w.arena is not None:
+                    w.arena.unlink()  # both sides have it mapped now
             elif w is not None and w.busy_with == msg.id:
                 w.busy_with = None
                 self._pending[msg.id] = msg
+            self._send_setups()
+
+    def _send_setups(self) -> None:
+        """Give every announced worker that has none yet its arena and SETUP."""
+        if self._setup is None or self._program is None:
+            return
+        for w in self.workers:
+            if w.identity is None or w.setup_sent or w.proc.poll() is not None:
+                continue
+            w.arena = Arena.create(self._program, f"w{w.index}")
+            body = dict(self._setup.body)
+            if w.arena is not None:
+                body["arena"] = str(w.arena.path)
+            w.setup_sent = True
+            self._send(w, Message(Kind.SETUP, 0, body, self._setup.tensors))
 
     def _check_processes(self, *, during_start: bool = False) -> None:
+        """Replace dead workers; the job a dead worker held ends in WorkerCrashed."""
         for i, w in enumerate(self.workers):
             rc = w.proc.poll()
             if rc is None:
                 continue
             if during_start:
                 raise ServiceUnavailable(f"worker {w.index} exited with code {rc} while starting")
-            lost = w.busy_with
-            self.workers[i] = self._spawn(w.index)
-            if lost is not None:
-                self._pending[lost] = Message(Kind.ERROR, lost, {
+            self._replace(i)
+            if w.busy_with is not None:
+                self._pending[w.busy_with] = Message(Kind.ERROR, w.busy_with, {
                     "code": WorkerCrashed.code, "message":
                     f"worker {w.index} (pid {w.proc.pid}) died with exit code {rc} while running this request; "
                     "it has been replaced, retry the request", "details": {"exit_code": rc}})
+
+    def _replace(self, i: int) -> None:
+        w = self.workers[i]
+        if w.proc.poll() is None:
+            w.proc.kill()
+        if w.arena is not None:
+            w.arena.unlink()
+            w.arena.close()
+        self.workers[i] = self._spawn(w.index)
 
     # -- jobs --------------------------------------------------------------------------
     def call(self, tensors: list[tuple[str, np.ndarray]], *, traceparent: str | None, collect: bool,
@@ -128,17 +159,28 @@ class WorkerPool:
         """Run one job on an idle worker and return its DONE (an ERROR is raised)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            w = next((x for x in self.workers if x.ready and x.busy_with is None), None)
-            if w is not None:
-                break
             self._check_processes()
-            if time.monotonic() > deadline:
-                raise ServiceUnavailable(f"no worker became ready within {timeout_s:g} s")
-            self._pump(50)
-        rid = self._next_id
-        self._next_id += 1
-        w.busy_with = rid
-        self._send(w, Message(Kind.JOB, rid, {"collect": collect}, tensors, traceparent))
+            w = next((x for x in self.workers if x.ready and x.busy_with is None), None)
+            if w is None:
+                if time.monotonic() > deadline:
+                    raise ServiceUnavailable(f"no worker became ready within {timeout_s:g} s")
+                self._pump(50)
+                continue
+            rid = self._next_id
+            self._next_id += 1
+            sent = tensors
+            if w.arena is not None:
+                for slot, (_, arr) in zip(w.arena.inputs, tensors):
+                    np.copyto(slot, arr)
+                sent = []
+            try:
+                self._send(w, Message(Kind.JOB, rid, {"collect": collect}, sent, traceparent))
+            except zmq.ZMQError:
+                # The worker vanished after the check: nothing was delivered, use another one.
+                self._replace(self.workers.index(w))
+                continue
+            w.busy_with = rid
+            break
         while rid not in self._pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -150,15 +192,22 @@ class WorkerPool:
         msg = self._pending.pop(rid)
         if msg.kind == Kind.ERROR:
             raise from_wire(msg.body)
+        if msg.tensors:
+            msg.tensors = [(n, np.array(a)) for n, a in msg.tensors]
+        elif w.arena is not None and self._program is not None:
+            msg.tensors = [(s.name, v.copy()) for s, v in zip(self._program.outputs, w.arena.outputs)]
         return msg
 
     def close(self, timeout_s: float = 2.0) -> None:
         for w in self.workers:
-            if w.identity is not None and w.proc.poll() is None:
-                try:
-                    self._send(w, Message(Kind.STOP))
-                except zmq.ZMQError:
-                    pass
+            if w.proc.poll() is not None:
+                continue
+            try:
+                if w.identity is None:
+                    raise zmq.ZMQError()
+                self._send(w, Message(Kind.STOP))
+            except zmq.ZMQError:
+                w.proc.terminate()  # still starting (or gone from the socket): no STOP can reach it
         deadline = time.monotonic() + timeout_s
         for w in self.workers:
             try:
@@ -170,6 +219,10 @@ class WorkerPool:
                 except subprocess.TimeoutExpired:
                     w.proc.kill()
                     w.proc.wait()
+        for w in self.workers:
+            if w.arena is not None:
+                w.arena.unlink()
+                w.arena.close()
         self.sock.close(linger=0)
         shutil.rmtree(self._dir, ignore_errors=True)
 

@@ -26,12 +26,12 @@ from compiler_svc.optimize import optimize_model
 from compiler_svc.partition import partition
 from compiler_svc.quantize import is_quantized, quantize
 from services import __version__
-from services.errors import InvalidCompilerConfig
+from services.errors import ConfigError, InvalidCompilerConfig
 from services.hw import target as resolve_target
 from services.program import Program
 from services.tracing import tracer
 
-__all__ = ["CompileOptions", "compile_model", "cache_key"]
+__all__ = ["CompileOptions", "compile_model", "cache_key", "program_info"]
 
 KNOWN_CONFIG: dict[str, tuple[type, ...]] = {}
 """compiler_config keys this compiler understands, with their types."""
@@ -60,7 +60,13 @@ class CompileOptions:
                 "calibration_samples": self.calibration_samples}
 
     def validate(self) -> None:
-        resolve_target(self.target_npu)
+        for name, typ in (("target_npu", str), ("calibration_method", str)):
+            if not isinstance(getattr(self, name), typ):
+                raise InvalidCompilerConfig(f"{name} must be a string, got {type(getattr(self, name)).__name__}")
+        try:
+            resolve_target(self.target_npu)
+        except ConfigError as e:
+            raise InvalidCompilerConfig(str(e)) from None
         if not isinstance(self.batch_size, int) or self.batch_size != 1:
             raise InvalidCompilerConfig(f"batch_size={self.batch_size!r}: only batch 1 is supported so far")
         if not isinstance(self.compiler_config, dict):
@@ -156,6 +162,14 @@ def compile_model(data: bytes, options: CompileOptions | None = None) -> tuple[P
         meta={"compiler": f"npusim {__version__}", "model": model.graph.name, "source_sha256":
               hashlib.sha256(data).hexdigest(), "created": time.time(), "warnings": warnings},
     )
-    info = {"stages": st.seconds, "warnings": warnings,
-            "cpu_ops": [op.op for ops in program.pre_ops + program.post_ops for op in ops]}
-    return program, info
+    return program, dict(program_info(program), stages=st.seconds)
+
+
+def program_info(program: Program) -> dict[str, Any]:
+    """The summary a compile reply carries, the same whether compiled now or cached."""
+    return {
+        "target": program.target,
+        "cpu_ops": [op.op for ops in program.pre_ops + program.post_ops for op in ops],
+        "warnings": list(program.meta.get("warnings", [])),
+        "npu_ns": program.estimate.get("npu_ns", 0.0),
+    }

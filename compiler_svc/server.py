@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from compiler_svc.cache import ProgramCache
-from compiler_svc.pipeline import CompileOptions, cache_key, compile_model
+from compiler_svc.pipeline import CompileOptions, cache_key, compile_model, program_info
 from services import tracing
 from services.errors import NpusimError
 from services.program import Program
@@ -53,7 +53,7 @@ class CompilerService(Service):
         key = cache_key(data, opts)
         cached = self.cache.get(key)
         if cached is not None:
-            info = {"key": key, "stages": {}, "warnings": Program.from_bytes(cached).meta.get("warnings", [])}
+            info = dict(program_info(Program.from_bytes(cached)), key=key, stages={})
             return self._reply(req, cached, info, cached=True, spans=[])
         with self._lock:
             waiting = self._inflight.get(key)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     except (NpusimError, zmq.ZMQError) as e:
         print(f"npusim daemon: {e}", file=sys.stderr)
         return 2
-    return serve(service, kind="daemon", rdir=rdir)
+    return serve(service, kind="daemon", rdir=rdir, ephemeral=args.ephemeral)
 
 
 if __name__ == "__main__":

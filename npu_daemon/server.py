@@ -269,7 +269,8 @@ class DaemonService(Service):
             for name, a, b, extra in (
                 ("npu.queue", t.arrival, t.start, {}),
                 ("npu.h2d", t.start, t.h2d_end, {"bytes": s.in_bytes}),
-                ("npu.exec", t.h2d_end, t.exec_end, {"cycles": int(s.program.estimate.get("npu_cycles", 0)),
+                ("npu.exec", t.h2d_end, t.exec_end, {"pe": s.pe,
+                                                     "cycles": int(s.program.estimate.get("npu_cycles", 0)),
                                                      "bound_by": "host" if host_bound else "npu"}),
                 ("npu.d2h", t.exec_end, t.end, {"bytes": s.out_bytes}),
             ):

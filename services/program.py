@@ -138,6 +138,8 @@ class Program:
         try:
             h = msgpack.unpackb(buf[_PREFIX.size:start], raw=False)
             off, length = h["sections"]["npu_graph"]
+            if type(off) is not int or type(length) is not int or off < 0 or length < 0:
+                raise InvalidModel("corrupt .enf header: bad section table")
             if start + off + length > buf.nbytes:
                 raise InvalidModel("truncated .enf file: the NPU graph section is cut off")
             specs = {k: [TensorSpec.from_dict(t) for t in h[k]]
@@ -155,7 +157,7 @@ class Program:
             )
         except InvalidModel:
             raise
-        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError, msgpack.UnpackException) as e:
             raise InvalidModel(f"corrupt .enf header: {type(e).__name__}: {e}") from None
 
 

@@ -91,6 +91,8 @@ class Kind(enum.IntEnum):
     STOP = 45
 
 
+_KINDS = frozenset(int(k) for k in Kind)
+
 _Spec = tuple[tuple[type, ...], bool]
 _STR: _Spec = ((str,), True)
 _INT: _Spec = ((int,), True)
@@ -121,7 +123,7 @@ BODY: dict[Kind, dict[str, _Spec]] = {
     Kind.RUN: {"handle": _STR, "collect": _opt(((bool,), False))},
     Kind.RESULT: {"timing": _DICT, "spans": _opt(_LIST)},
     Kind.READY: {"worker": _INT, "pid": _INT},
-    Kind.SETUP: {"daemon": _STR, "handle": _STR, "timeout_s": ((int, float), True)},
+    Kind.SETUP: {"daemon": _STR, "handle": _STR, "timeout_s": ((int, float), True), "arena": _opt(_STR)},
     Kind.SETUP_OK: {},
     Kind.JOB: {"collect": _opt(((bool,), False))},
     Kind.DONE: {"timing": _opt(_DICT), "spans": _opt(_LIST)},
@@ -182,7 +184,7 @@ def peek_id(frames: Sequence[Any]) -> int:
     try:
         h = msgpack.unpackb(bytes(_as_buffer(frames[0])[:MAX_HEADER_BYTES]), raw=False)
         rid = h.get("id") if isinstance(h, dict) else None
-        return rid if isinstance(rid, int) and 0 <= rid < 2**63 else 0
+        return rid if type(rid) is int and 0 <= rid < 2**63 else 0
     except Exception:  # noqa: BLE001 - anything goes wrong: there is no id to echo
         return 0
 
@@ -208,15 +210,15 @@ def decode(frames: Sequence[Any], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
     if not isinstance(h, dict):
         raise ProtocolError(f"header must be a map, got {type(h).__name__}")
     version = h.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise ProtocolError(f"unsupported protocol version {version!r} (this side speaks {VERSION}); "
                             "upgrade the older npusim")
-    try:
-        kind = Kind(h.get("k"))
-    except (ValueError, TypeError):
-        raise ProtocolError(f"unknown message kind {h.get('k')!r}") from None
+    k = h.get("k")
+    if type(k) is not int or k not in _KINDS:
+        raise ProtocolError(f"unknown message kind {k!r}")
+    kind = Kind(k)
     rid = h.get("id")
-    if not isinstance(rid, int) or isinstance(rid, bool) or not 0 <= rid < 2**63:
+    if type(rid) is not int or not 0 <= rid < 2**63:
         raise ProtocolError(f"request id must be a non-negative integer, got {rid!r}")
     tp = h.get("tp")
     if tp is not None and (not isinstance(tp, str) or len(tp) > 256):
@@ -253,7 +255,7 @@ def _tensor(i: int, desc: Any, buf: memoryview) -> tuple[str, np.ndarray]:
     name, dtype, shape = desc
     if not isinstance(name, str) or len(name) > 1024:
         raise ProtocolError(f"tensor descriptor {i}: name must be a string")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError(f"tensor {name!r}: unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     if (not isinstance(shape, list) or len(shape) > MAX_NDIM
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)):
@@ -264,5 +266,7 @@ def _tensor(i: int, desc: Any, buf: memoryview) -> tuple[str, np.ndarray]:
         raise ProtocolError(f"tensor {name!r}: descriptor {dtype}{tuple(shape)} needs {expected} bytes "
                             f"but its frame has {buf.nbytes}")
     if expected == 0:
+        if math.prod(max(d, 1) for d in shape) * dt.itemsize > buf.nbytes + DEFAULT_MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"tensor {name!r}: empty tensor with an absurd shape {shape}")
         return name, np.zeros(shape, dt)
     return name, np.frombuffer(buf, dtype=dt).reshape(shape)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -31,6 +32,8 @@ def common_args(parser: argparse.ArgumentParser, *, default_name: str) -> None:
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--curve-dir", default=None)
     parser.add_argument("--log-level", default=os.environ.get("NPUSIM_LOG_LEVEL", "INFO"))
+    parser.add_argument("--ephemeral", action="store_true",
+                        help="the run dir belongs to the parent: remove it if the parent dies without cleaning up")
 
 
 def resolve_endpoint(bind: str | None, rdir: Path, name: str) -> str:
@@ -42,7 +45,7 @@ def service_kwargs(args: argparse.Namespace) -> dict[str, object]:
             "max_message_bytes": env_int(ENV_MAX_MESSAGE, DEFAULT_MAX_MESSAGE_BYTES, minimum=1024)}
 
 
-def serve(service: Service, *, kind: str, rdir: Path) -> int:
+def serve(service: Service, *, kind: str, rdir: Path, ephemeral: bool = False) -> int:
     """Register ``service``, serve until SIGTERM/SIGINT or parent death, then clean up."""
     record = ServiceRecord(kind, service.name, service.endpoint, os.getpid(), time.time(), __version__)
     register(rdir, record)
@@ -59,6 +62,8 @@ def serve(service: Service, *, kind: str, rdir: Path) -> int:
     finally:
         unregister(rdir, service.name, os.getpid())
         tracing.shutdown()
+        if ephemeral and service.orphaned:
+            shutil.rmtree(rdir, ignore_errors=True)
     return 0
 
 

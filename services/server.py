@@ -28,7 +28,7 @@ import zmq
 from services import __version__
 from services.errors import NpusimError, ProtocolError
 from services.protocol import DEFAULT_MAX_MESSAGE_BYTES, Kind, Message, decode, encode, error_message, peek_id
-from services.sockets import CurveKeys, bind, new_socket
+from services.sockets import CurveKeys, bind, new_socket, release_context
 
 __all__ = ["Request", "Service"]
 
@@ -82,6 +82,7 @@ class Service:
         self._timers: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._stopping = threading.Event()
+        self.orphaned = False
         self._loop_thread: threading.Thread | None = None
 
     # -- what subclasses provide -------------------------------------------------
@@ -162,6 +163,7 @@ class Service:
             self.sock.close(linger=1000)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            release_context(self.ctx)
             self.ctx.term()
 
     # -- internals ----------------------------------------------------------------
@@ -174,6 +176,7 @@ class Service:
     def _check_parent(self) -> None:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             log.warning("%s: parent process %d is gone; stopping", self.name, self.parent_pid)
+            self.orphaned = True
             self._stopping.set()
 
     def _guard(self, fn: Callable[[], None]) -> None:
@@ -190,7 +193,10 @@ class Service:
             except zmq.Again:
                 return False
             t0 = time.perf_counter_ns()
-            self._dispatch(frames)
+            try:
+                self._dispatch(frames)
+            except Exception:  # noqa: BLE001 - whatever one message does, the service lives on
+                log.exception("%s: unexpected error handling a message", self.name)
             self.stats.busy_ns += time.perf_counter_ns() - t0
             if self._timers and self._timers[0][0] <= time.monotonic_ns():
                 return True
@@ -203,9 +209,12 @@ class Service:
         body = frames[1:]
         try:
             msg = decode(body, max_message_bytes=self.max_message_bytes)
-        except ProtocolError as e:
+        except Exception as e:  # noqa: BLE001 - decode raises ProtocolError; anything else is a decoder bug
             self.stats.protocol_errors += 1
-            self._send(peer, error_message(peek_id(body) if body else 0, e))
+            err = e if isinstance(e, ProtocolError) else ProtocolError(f"undecodable message: {type(e).__name__}")
+            if not isinstance(e, ProtocolError):
+                log.exception("%s: decoder failed on a message", self.name)
+            self._send(peer, error_message(peek_id(body) if body else 0, err))
             return
         self.stats.by_kind[msg.kind.name] = self.stats.by_kind.get(msg.kind.name, 0) + 1
         handler = self.handlers.get(msg.kind)

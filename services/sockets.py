@@ -36,6 +36,7 @@ __all__ = [
     "generate_keys",
     "load_keys",
     "ipc_endpoint",
+    "release_context",
 ]
 
 DEFAULT_HWM = 1000
@@ -110,7 +111,7 @@ def is_loopback(host: str) -> bool:
 
 def ipc_endpoint(directory: Path, name: str) -> str:
     path = str(directory / f"{name}.sock")
-    if len(path) > IPC_PATH_MAX:
+    if len(path.encode()) > IPC_PATH_MAX:
         raise ConfigError(f"ipc socket path {path!r} is longer than {IPC_PATH_MAX} bytes; "
                           "use a shorter NPUSIM_RUN_DIR")
     return f"ipc://{path}"
@@ -120,7 +121,7 @@ def check_bind_endpoint(endpoint: str, keys: CurveKeys | None) -> None:
     """Refuse endpoints that would expose a service beyond this machine without CURVE."""
     parts = urlsplit(endpoint)
     if parts.scheme in ("ipc", "inproc"):
-        if parts.scheme == "ipc" and len(endpoint) - len("ipc://") > IPC_PATH_MAX:
+        if parts.scheme == "ipc" and len(endpoint.encode()) - len("ipc://") > IPC_PATH_MAX:
             raise ConfigError(f"ipc path in {endpoint!r} exceeds {IPC_PATH_MAX} bytes")
         return
     if parts.scheme != "tcp":
@@ -182,6 +183,14 @@ def bind(sock: zmq.Socket, endpoint: str, *, keys: CurveKeys | None = None) -> s
         sock.curve_server = True
     sock.bind(endpoint)
     return sock.getsockopt_string(zmq.LAST_ENDPOINT) if endpoint.endswith(":0") else endpoint
+
+
+def release_context(ctx: zmq.Context) -> None:
+    """Stop the ZAP authenticator thread of ``ctx`` (if any) so ``ctx.term()`` can return."""
+    with _auth_lock:
+        auth = _authenticators.pop(id(ctx), None)
+    if auth is not None:
+        auth.stop()
 
 
 def connect(sock: zmq.Socket, endpoint: str, *, keys: CurveKeys | None = None) -> None:

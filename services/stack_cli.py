@@ -53,6 +53,7 @@ def up(*, devices: int, bind: str | None, run_dir: Path | None, timing_only: boo
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # explicitly: a background job inherits SIGINT ignored
     children: list[launch.Child] = []
     try:
         for name, ep in eps.items():

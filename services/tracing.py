@@ -96,12 +96,14 @@ def setup_tracing(service: str, *, instance: str | None = None) -> None:
         _label = instance or service
         if _provider is not None or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
             return
-        resource = Resource.create({
-            "service.name": f"npusim-{service}",
+        attrs = {
             "service.instance.id": f"{_label}@{os.uname().nodename}:{os.getpid()}",
             "process.pid": os.getpid(),
             "npusim.process": _label,
-        })
+        }
+        if not os.environ.get("OTEL_SERVICE_NAME"):
+            attrs["service.name"] = f"npusim-{service}"  # explicit attributes would override the env var
+        resource = Resource.create(attrs)
         existing = trace.get_tracer_provider()
         if isinstance(existing, TracerProvider):
             provider = existing  # the application set up OpenTelemetry itself: join it

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,3 +53,25 @@ def start_stack(devices: int = 1, *, compiler: bool = True, daemon_args: tuple[s
     finally:
         launch.stop_all(children)
         shutil.rmtree(rdir, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie counts as gone: it runs no code)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_until(pred: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Poll ``pred`` until it is true or ``timeout_s`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)

@@ -1,0 +1,23 @@
+"""A smoke run of every benchmark, so none rots: each runs briefly and prints its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "run_all")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_benchmark_smoke(name: str) -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--smoke", "--json"],
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert isinstance(figures, dict) and figures
