@@ -2,8 +2,13 @@
 
 The program is an identity on a uint8 tensor with no CPU operators, and the daemon runs
 with ``--time-scale 0`` so no emulated NPU or DMA time is added: what remains is the
-pipeline itself. Next to it, in the same run: a raw pyzmq DEALER→ROUTER echo of the same
-bytes between two processes over ipc (the floor any ZeroMQ hop costs on this machine).
+pipeline itself. Interleaved with it, request by request, so both see the same load:
+
+- a raw pyzmq DEALER→ROUTER echo of the same bytes between two processes over ipc
+  (the reference the goal is stated against), and
+- a bare pyzmq chain of the pipeline's shape: a small message to a forwarder process,
+  which round-trips the bytes to an echo process and answers (the floor that any design
+  with separate worker processes pays, before any of npusim's own work).
 
     python benchmarks/pipeline_overhead.py [--requests N] [--json]
 """
@@ -42,6 +47,26 @@ def identity_program(shape: tuple[int, ...]) -> bytes:
                    meta={"model": "identity"}).to_bytes()
 
 
+def _forwarder(front: str, back: str, nbytes: int, ready: mp.synchronize.Event) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.ROUTER)
+    s.bind(front)
+    d = ctx.socket(zmq.DEALER)
+    d.connect(back)
+    data = np.zeros(nbytes, np.uint8)
+    ready.set()
+    while True:
+        ident, msg = s.recv_multipart()
+        if msg == b"quit":
+            break
+        d.send_multipart([b"h", data], copy=False)
+        d.recv_multipart(copy=False)
+        s.send_multipart([ident, b"done"])
+    s.close(linger=0)
+    d.close(linger=0)
+    ctx.term()
+
+
 def _echo(endpoint: str, ready: mp.synchronize.Event) -> None:
     ctx = zmq.Context()
     s = ctx.socket(zmq.ROUTER)
@@ -74,6 +99,9 @@ class RawEcho:
         self.sock.send_multipart([b"h", data], copy=False)
         self.sock.recv_multipart(copy=False)
 
+    def chain(self, nbytes: int, tmp: str) -> Chain:
+        return Chain(self, nbytes, tmp)
+
     def close(self) -> None:
         self.sock.send_multipart([b"quit"])
         self.proc.join(10)
@@ -81,24 +109,54 @@ class RawEcho:
         self.ctx.term()
 
 
-def measure(n: int, shape: tuple[int, ...], echo: RawEcho) -> tuple[list[float], list[float]]:
-    """Interleave pipeline requests and raw round trips so both see the same machine load."""
+class Chain:
+    """client → forwarder (small message) → echo (the bytes) → forwarder → client."""
+
+    def __init__(self, echo: RawEcho, nbytes: int, tmp: str) -> None:
+        front = f"ipc://{tmp}/fwd-{nbytes}.sock"
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        self.proc = ctx.Process(target=_forwarder, args=(front, echo.endpoint, nbytes, ready), daemon=True)
+        self.proc.start()
+        ready.wait(30)
+        self.sock = echo.ctx.socket(zmq.DEALER)
+        self.sock.connect(front)
+
+    def roundtrip(self) -> None:
+        self.sock.send(b"job")
+        self.sock.recv()
+
+    def close(self) -> None:
+        self.sock.send(b"quit")
+        self.proc.join(10)
+        self.sock.close(linger=0)
+
+
+def measure(n: int, shape: tuple[int, ...], echo: RawEcho, tmp: str) -> dict[str, list[float]]:
+    """Interleave pipeline requests, raw round trips and chain round trips (same load for all)."""
     from client import session
 
     x = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-    raw, path = [], []
-    with session.create(identity_program(shape)) as sess:
-        for i in range(n + max(2, n // 10)):
-            t0 = time.perf_counter()
-            y = sess.run(x)
-            t1 = time.perf_counter()
-            echo.roundtrip(x)
-            t2 = time.perf_counter()
-            if i >= max(2, n // 10):
-                path.append((t1 - t0) * 1e6)
-                raw.append((t2 - t1) * 1e6)
-        assert np.array_equal(y[0], x), "the identity program changed its input"
-    return path, raw
+    out: dict[str, list[float]] = {"pipeline": [], "raw": [], "chain": []}
+    chain = echo.chain(x.nbytes, tmp)
+    try:
+        with session.create(identity_program(shape)) as sess:
+            for i in range(n + max(2, n // 10)):
+                t0 = time.perf_counter()
+                y = sess.run(x)
+                t1 = time.perf_counter()
+                echo.roundtrip(x)
+                t2 = time.perf_counter()
+                chain.roundtrip()
+                t3 = time.perf_counter()
+                if i >= max(2, n // 10):
+                    out["pipeline"].append((t1 - t0) * 1e6)
+                    out["raw"].append((t2 - t1) * 1e6)
+                    out["chain"].append((t3 - t2) * 1e6)
+            assert np.array_equal(y[0], x), "the identity program changed its input"
+    finally:
+        chain.close()
+    return out
 
 
 def stats(xs: list[float]) -> dict[str, float]:
@@ -123,14 +181,17 @@ def main() -> None:
         echo = RawEcho(tmp)
         for label, shape in SIZES.items():
             nbytes = int(np.prod(shape))
-            path_us, raw_us = measure(n, shape, echo)
-            raw, path = stats(raw_us), stats(path_us)
+            m = measure(n, shape, echo, tmp)
+            raw, path, chain = stats(m["raw"]), stats(m["pipeline"]), stats(m["chain"])
             results[label] = {
                 "bytes": nbytes,
                 "pipeline_p50_us": path["p50_us"], "pipeline_p99_us": path["p99_us"],
                 "raw_zmq_rt_p50_us": raw["p50_us"], "raw_zmq_rt_p99_us": raw["p99_us"],
+                "chain_floor_p50_us": chain["p50_us"], "chain_floor_p99_us": chain["p99_us"],
                 "overhead_p50_us": path["p50_us"] - raw["p50_us"],
                 "ratio_p50": path["p50_us"] / raw["p50_us"],
+                "above_floor_p50_us": path["p50_us"] - chain["p50_us"],
+                "ratio_to_floor_p50": path["p50_us"] / chain["p50_us"],
             }
     finally:
         if echo is not None:
@@ -140,13 +201,15 @@ def main() -> None:
     if args.json:
         print(json.dumps(results))
         return
-    print(f"{n} requests per size, each followed by a raw pyzmq round trip of the same bytes")
-    print(f"{'size':>6} {'pipeline p50':>13} {'p99':>9} {'raw zmq RT p50':>15} {'p99':>9} "
-          f"{'overhead p50':>13} {'ratio':>6}")
+    print(f"{n} requests per size, interleaved with a raw pyzmq round trip of the same bytes and a bare "
+          "pyzmq chain of the pipeline's shape")
+    print(f"{'size':>6} {'pipeline p50':>13} {'p99':>9} {'raw RT p50':>11} {'chain p50':>10} "
+          f"{'overhead vs raw':>16} {'× raw':>6} {'above chain':>12} {'× chain':>8}")
     for label, r in results.items():
         print(f"{label:>6} {r['pipeline_p50_us']:>11.0f}µs {r['pipeline_p99_us']:>7.0f}µs "
-              f"{r['raw_zmq_rt_p50_us']:>13.0f}µs {r['raw_zmq_rt_p99_us']:>7.0f}µs "
-              f"{r['overhead_p50_us']:>11.0f}µs {r['ratio_p50']:>5.2f}×")
+              f"{r['raw_zmq_rt_p50_us']:>9.0f}µs {r['chain_floor_p50_us']:>8.0f}µs "
+              f"{r['overhead_p50_us']:>14.0f}µs {r['ratio_p50']:>5.2f}× {r['above_floor_p50_us']:>10.0f}µs "
+              f"{r['ratio_to_floor_p50']:>7.2f}×")
 
 
 if __name__ == "__main__":

@@ -90,11 +90,8 @@ class WorkerPool:
         """Receive what arrives within ``timeout_ms`` and file it."""
         if not self.sock.poll(timeout_ms):
             return
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             ident = frames[0].bytes
             msg = decode(frames[1:])
             w = next((x for x in self.workers if x.identity == ident), None)

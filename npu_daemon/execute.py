@@ -56,16 +56,15 @@ class Executor:
             self.session = ort.InferenceSession(program.npu_graph, so, providers=["CPUExecutionProvider"])
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="npu-exec")
         self._ewma_ns: float | None = None
+        self._expect = [(np.dtype(s.dtype), s.shape) for s in program.npu_inputs]
 
     def check(self, tensors: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
-        specs = self.program.npu_inputs
-        if len(tensors) != len(specs):
-            raise InvalidInput(f"the program takes {len(specs)} device tensors, got {len(tensors)}")
+        if len(tensors) != len(self._expect):
+            raise InvalidInput(f"the program takes {len(self._expect)} device tensors, got {len(tensors)}")
         out = []
-        for (name, arr), spec in zip(tensors, specs):
-            if arr.dtype != np.dtype(spec.dtype) or tuple(arr.shape) != spec.shape:
-                raise InvalidInput(f"device tensor {name!r}: expected {spec.dtype}{spec.shape}, "
-                                   f"got {arr.dtype}{tuple(arr.shape)}")
+        for (name, arr), (dtype, shape) in zip(tensors, self._expect):
+            if arr.dtype != dtype or arr.shape != shape:
+                raise InvalidInput(f"device tensor {name!r}: expected {dtype}{shape}, got {arr.dtype}{arr.shape}")
             out.append(arr)
         return out
 

@@ -156,17 +156,21 @@ def error_message(req_id: int, exc: BaseException) -> Message:
     return Message(Kind.ERROR, req_id, to_wire(exc))
 
 
+_NAMES = {dt: name for name, dt in DTYPES.items()}
+
+
 def encode(msg: Message) -> list[Any]:
     """Frames for ``send_multipart(frames, copy=False)``: the header, then tensor buffers."""
     descs = []
     frames: list[Any] = [b""]
     for name, arr in msg.tensors:
-        if arr.dtype.name not in DTYPES or not arr.dtype.isnative:
+        dname = _NAMES.get(arr.dtype)
+        if dname is None:
             raise ProtocolError(f"tensor {name!r} has dtype {arr.dtype} which the wire cannot carry")
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
-        descs.append([name, arr.dtype.name, list(arr.shape)])
-        frames.append(arr.reshape(-1).view(np.uint8) if arr.size else b"")
+        descs.append([name, dname, list(arr.shape)])
+        frames.append(memoryview(arr).cast("B") if arr.ndim and arr.size else arr.tobytes())
     frames[0] = msgpack.packb(
         {"v": VERSION, "k": int(msg.kind), "id": msg.id, "tp": msg.traceparent, "t": descs, "b": msg.body},
         use_bin_type=True,

@@ -188,10 +188,9 @@ class Service:
     def _drain_socket(self, budget: int = 64) -> bool:
         """Handle up to ``budget`` messages; True if more may be waiting."""
         for _ in range(budget):
-            try:
-                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return False
+            frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             t0 = time.perf_counter_ns()
             try:
                 self._dispatch(frames)

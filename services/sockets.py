@@ -42,6 +42,8 @@ __all__ = [
 DEFAULT_HWM = 1000
 DEFAULT_LINGER_MS = 2000
 DEFAULT_SNDTIMEO_MS = 10_000
+DEFAULT_RCVTIMEO_MS = 60_000
+"""A safety net: every receive already follows a poll with its own deadline."""
 IPC_PATH_MAX = 107
 
 
@@ -145,7 +147,7 @@ def new_socket(
     linger_ms: int = DEFAULT_LINGER_MS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     sndtimeo_ms: int = DEFAULT_SNDTIMEO_MS,
-    rcvtimeo_ms: int | None = None,
+    rcvtimeo_ms: int = DEFAULT_RCVTIMEO_MS,
 ) -> zmq.Socket:
     if kind not in (zmq.DEALER, zmq.ROUTER, zmq.PAIR, zmq.PUSH, zmq.PULL):
         raise ValueError("npusim sockets are DEALER/ROUTER (PAIR/PUSH/PULL for inproc plumbing)")
@@ -154,8 +156,7 @@ def new_socket(
     s.setsockopt(zmq.RCVHWM, hwm)
     s.setsockopt(zmq.LINGER, linger_ms)
     s.setsockopt(zmq.SNDTIMEO, sndtimeo_ms)
-    if rcvtimeo_ms is not None:
-        s.setsockopt(zmq.RCVTIMEO, rcvtimeo_ms)
+    s.setsockopt(zmq.RCVTIMEO, rcvtimeo_ms)
     # One frame may be a whole tensor; the whole message is checked again in decode().
     s.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + MAX_HEADER_BYTES)
     if kind == zmq.ROUTER:

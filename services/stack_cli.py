@@ -108,7 +108,7 @@ def status(*, run_dir: Path | None, json_out: bool) -> None:
         return
     table = Table(title=f"npusim services in {rdir}")
     for col in ("name", "kind", "endpoint", "pid", "uptime", "state", "PEs"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold", no_wrap=col != "PEs")
     for r in rows:
         pes = ""
         if r["pes"]:
