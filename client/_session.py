@@ -9,12 +9,13 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
+from client import _heartbeat
 from client._profiler import collecting, deliver
 from client._stack import get_stack
 from client._tensor import TensorDesc, check_inputs
@@ -25,6 +26,7 @@ from services.config import timeout_s as default_timeout
 from services.devices import AnyPe, DeviceSpec, NamedPe, parse_devices
 from services.discovery import Stack
 from services.errors import (
+    ConfigError,
     DeviceBusy,
     DeviceNotFound,
     DeviceUnavailable,
@@ -34,7 +36,7 @@ from services.errors import (
     SessionClosed,
 )
 from services.program import Program, is_program
-from services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind
+from services.protocol import Kind
 from services.rpc import Peer
 
 __all__ = ["Session", "create", "model_bytes"]
@@ -55,9 +57,10 @@ def model_bytes(model: Any) -> bytes:
     """A path, bytes, an ``onnx.ModelProto``, a quantised graph or an .enf program → bytes."""
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        if not path.is_file():
-            raise InvalidInput(f"model file {str(path)!r} does not exist")
-        return path.read_bytes()
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise InvalidInput(f"cannot read the model file {str(path)!r}: {e.strerror}") from None
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model)
     if hasattr(model, "SerializeToString"):
@@ -68,7 +71,7 @@ def model_bytes(model: Any) -> bytes:
                        "or an .enf program")
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Opened:
     device: str
     pe: str
@@ -80,35 +83,13 @@ class _Opened:
         return f"{self.device}{self.pe}"
 
 
-class _Heartbeat(threading.Thread):
-    """Tells the daemon every second that the session lives; notices when the daemon does not."""
-
-    def __init__(self, opened: _Opened, on_lost: Any) -> None:
-        super().__init__(name="npusim-heartbeat", daemon=True)
-        self.opened = opened
-        self.on_lost = on_lost
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        peer = Peer(self.opened.endpoint, name=self.opened.device, ctx=zmq.Context.instance(),
-                    timeout_s=HEARTBEAT_INTERVAL_S, unavailable=DeviceUnavailable, watch_disconnect=True)
-        misses = 0
-        try:
-            while not self.stop_event.wait(HEARTBEAT_INTERVAL_S):
-                try:
-                    reply = peer.request(Kind.HEARTBEAT, {"handles": [self.opened.handle]})
-                    misses = 0
-                    if self.opened.handle in (reply.body.get("dead") or []):
-                        self.on_lost(SessionClosed(f"{self.opened.name} released this session (heartbeats were "
-                                                   "missed or the daemon restarted); create a new session"))
-                        return
-                except DeviceUnavailable as e:
-                    misses += 1
-                    if misses >= HEARTBEAT_LIVENESS or peer.lost:
-                        self.on_lost(e)
-                        return
-        finally:
-            peer.close(linger_ms=0)
+def _single_pe(specs: list[DeviceSpec]) -> DeviceSpec:
+    """Sessions use one PE (or fused pair) today; refuse strings that ask for more."""
+    if len(specs) > 1 or (isinstance(specs[0], AnyPe) and specs[0].count > 1):
+        asked = ", ".join(str(s) for s in specs)
+        raise ConfigError(f"device {asked!r} asks for several PEs; a session uses one PE or one fused pair "
+                          "so far: pass e.g. 'npu0pe0-1', 'npu0pe1' or 'warboy(2)*1'")
+    return specs[0]
 
 
 class Session:
@@ -119,36 +100,40 @@ class Session:
                  timeout_s: float | None = None) -> None:
         self._state = State.OPENING
         self._lock = threading.Lock()
-        self._lost: NpusimError | None = None
+        self._live = _heartbeat.Liveness()
         self._pool: WorkerPool | None = None
-        self._heartbeat: _Heartbeat | None = None
         self._opened: _Opened | None = None
+        self.last_timing: dict[str, Any] = {}
         self.timeout_s = default_timeout(timeout_s)
+        workers = 1 if worker_num is None else worker_num
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ConfigError(f"worker_num must be a positive integer, got {worker_num!r}")
         tracing.setup_tracing("client", instance="client")
         data = model_bytes(model)
-        specs = parse_devices(device or os.environ.get(ENV_DEVICES) or _default_device(data))
+        spec = _single_pe(parse_devices(device or os.environ.get(ENV_DEVICES) or _default_device(data)))
         stack = get_stack()
         try:
             span = tracing.tracer().start_as_current_span("session.create") if tracing.active() \
                 else contextlib.nullcontext()
             with span:
-                self._pool = WorkerPool(worker_num if worker_num is not None else 1)
-                blob, self.compile_info = self._program(stack, data, specs, batch_size, compiler_config)
+                self._pool = WorkerPool(workers)  # starts while we compile and open
+                blob, self.compile_info = self._program(stack, data, spec, batch_size, compiler_config)
                 self.program = Program.from_bytes(blob)
-                self._opened = self._open(stack, specs, blob)
-                self._pool.setup(blob, daemon=self._opened.endpoint, device=self._opened.name,
+                self._opened = self._open(stack, spec, blob)
+                _heartbeat.register(self._opened.endpoint, self._opened.device, self._opened.handle, self._live)
+                self._pool.setup(self.program, blob, daemon=self._opened.endpoint, device=self._opened.name,
                                  handle=self._opened.handle, timeout_s=self.timeout_s)
         except BaseException:
-            self._teardown()
+            Session._finalize(self._pool, self._opened)
+            self._pool = None
+            self._state = State.CLOSED
             raise
-        self._heartbeat = _Heartbeat(self._opened, self._on_lost)
-        self._heartbeat.start()
-        self._finalizer = weakref.finalize(self, Session._finalize, self._pool, self._opened, self._heartbeat)
+        self._finalizer = weakref.finalize(self, Session._finalize, self._pool, self._opened)
         self._state = State.OPEN
         log.info("session opened on %s (%s)", self._opened.name, self.program.target)
 
     # -- creation steps ---------------------------------------------------------------
-    def _program(self, stack: Stack, data: bytes, specs: list[DeviceSpec], batch_size: int | None,
+    def _program(self, stack: Stack, data: bytes, spec: DeviceSpec, batch_size: int | None,
                  compiler_config: dict[str, Any] | None) -> tuple[bytes, dict[str, Any]]:
         if is_program(data):
             if compiler_config:
@@ -157,7 +142,7 @@ class Session:
             return data, {"cached": True, "precompiled": True}
         if stack.compiler is None:
             raise ServiceUnavailable("no compiler service is running; start one with `npusim up` or pass an .enf")
-        target = "warboy-2pe" if specs[0].pe == "pe0-1" else "warboy"
+        target = "warboy-2pe" if spec.pe == "pe0-1" else "warboy"
         options = {"target_npu": target, "batch_size": batch_size or 1, "compiler_config": compiler_config or {}}
         timeout = env_float(ENV_COMPILE_TIMEOUT, 600.0, minimum=1.0)
         with Peer(stack.compiler, name="compiler", timeout_s=timeout, watch_disconnect=True) as peer:
@@ -170,44 +155,45 @@ class Session:
             log.warning("compiler: %s", w)
         return reply.tensor("program").tobytes(), info
 
-    def _open(self, stack: Stack, specs: list[DeviceSpec], blob: bytes) -> _Opened:
-        """Allocate the first device spec: a named PE, or the first free one of its kind."""
+    def _open(self, stack: Stack, spec: DeviceSpec, blob: bytes) -> _Opened:
+        """Open a named PE, or the first free PE of the asked kind on any running device."""
         if not stack.daemons:
             raise DeviceNotFound("no NPU device daemon is running; start one with `npusim up`")
-        spec = specs[0]
         if isinstance(spec, NamedPe):
-            candidates = [(spec.device_name, spec.pe)]
             if spec.device_name not in stack.daemons:
                 raise DeviceNotFound(f"device {spec} not found: the running devices are "
                                      f"{', '.join(sorted(stack.daemons))}", details={"device": str(spec)})
+            candidates = [(spec.device_name, spec.pe)]
         else:
-            assert isinstance(spec, AnyPe)
             pes = ["pe0-1"] if spec.pes == 2 else ["pe0", "pe1"]
             candidates = [(d, pe) for d in sorted(stack.daemons) for pe in pes]
-        busy: list[str] = []
+        refused: list[str] = []
+        unreachable: list[NpusimError] = []
         program = np.frombuffer(blob, dtype=np.uint8)
         for dev, pe in candidates:
-            with Peer(stack.daemons[dev], name=dev, timeout_s=self.timeout_s, unavailable=DeviceUnavailable) as peer:
-                try:
+            try:
+                with Peer(stack.daemons[dev], name=dev, timeout_s=self.timeout_s, unavailable=DeviceUnavailable,
+                          watch_disconnect=True) as peer:
                     reply = peer.request(Kind.OPEN, {"pe": pe, "session": f"pid{os.getpid()}-{id(self):x}",
                                                      "client_pid": os.getpid()}, [("program", program)])
-                except DeviceBusy as e:
-                    if isinstance(spec, NamedPe):
-                        raise
-                    busy.append(str(e))
-                    continue
-            return _Opened(dev, pe, stack.daemons[dev], reply.body["handle"])
-        raise DeviceBusy(f"device {spec} found but still in use: {'; '.join(busy)}", details={"device": str(spec)})
+                return _Opened(dev, pe, stack.daemons[dev], reply.body["handle"])
+            except (DeviceBusy, DeviceUnavailable) as e:
+                if isinstance(spec, NamedPe):
+                    raise
+                (refused if isinstance(e, DeviceBusy) else unreachable).append(e)  # type: ignore[arg-type]
+        if refused:
+            raise DeviceBusy(f"device {spec} found but still in use: {'; '.join(str(e) for e in refused)}",
+                             details={"device": str(spec)})
+        raise DeviceUnavailable(f"no device for {spec} answered: {'; '.join(str(e) for e in unreachable)}",
+                                details={"device": str(spec)})
 
     # -- running ----------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._state is not State.OPEN:
-            raise SessionClosed("Session or AsyncSession is already closed. Please create a new session.")
-        if self._lost is not None:
-            raise self._lost
-
-    def _on_lost(self, exc: NpusimError) -> None:
-        self._lost = exc
+            raise SessionClosed("the session is already closed; create a new session")
+        lost = self._live.lost
+        if lost is not None:
+            raise type(lost)(lost.message, details=lost.details)  # a fresh exception: no growing traceback
 
     def run(self, inputs: Any) -> list[np.ndarray]:
         """Run one inference; returns one array per model output."""
@@ -219,13 +205,13 @@ class Session:
             assert self._pool is not None
             try:
                 if tracing.active():
-                    with tracing.tracer().start_as_current_span("Inference", attributes={"device": self._device()}):
-                        done = self._pool.call(tensors, traceparent=tracing.inject(),
-                                               collect=collecting(), timeout_s=self.timeout_s + 5)
+                    with tracing.tracer().start_as_current_span("Inference", attributes={"device": self.device}):
+                        done = self._pool.call(tensors, traceparent=tracing.inject(), collect=collecting(),
+                                               timeout_s=self.timeout_s + 5)
                 else:
                     done = self._pool.call(tensors, traceparent=None, collect=False, timeout_s=self.timeout_s + 5)
             except DeviceUnavailable as e:
-                self._lost = e  # the device is gone: later calls fail at once, close() skips it
+                self._live.lost = e  # the device is gone: later calls fail at once, close() skips it
                 raise
         if done.body.get("spans"):
             deliver(done.body["spans"])
@@ -240,8 +226,7 @@ class Session:
         if not isinstance(inputs, dict):
             raise TypeError("inputs must be a dict of input name -> array")
         names = [s.name for s in self.program.inputs]
-        unknown = sorted(set(inputs) - set(names))
-        if unknown or set(inputs) != set(names):
+        if set(inputs) != set(names):
             raise InvalidInput(f"run_with needs exactly the inputs {names}; got {sorted(inputs)}")
         out_names = [s.name for s in self.program.outputs]
         bad = [o for o in outputs if o not in out_names]
@@ -250,17 +235,22 @@ class Session:
         results = self.run([inputs[n] for n in names])
         return [results[out_names.index(o)] for o in outputs]
 
-    def _device(self) -> str:
-        return self._opened.name if self._opened else "?"
-
     # -- description ------------------------------------------------------------------
+    @cached_property
+    def _inputs(self) -> list[TensorDesc]:
+        return [TensorDesc.of(s) for s in self.program.inputs]
+
+    @cached_property
+    def _outputs(self) -> list[TensorDesc]:
+        return [TensorDesc.of(s) for s in self.program.outputs]
+
     def inputs(self) -> list[TensorDesc]:
         self._check_open()
-        return [TensorDesc.of(s) for s in self.program.inputs]
+        return list(self._inputs)
 
     def outputs(self) -> list[TensorDesc]:
         self._check_open()
-        return [TensorDesc.of(s) for s in self.program.outputs]
+        return list(self._outputs)
 
     def input(self, i: int) -> TensorDesc:
         return self.inputs()[i]
@@ -278,7 +268,7 @@ class Session:
 
     @property
     def device(self) -> str:
-        return self._device()
+        return self._opened.name if self._opened else "?"
 
     def summary(self) -> str:
         ins = ", ".join(f"{i}: {d!r}" for i, d in enumerate(self.inputs()))
@@ -290,30 +280,28 @@ class Session:
 
     # -- closing ------------------------------------------------------------------------
     def close(self) -> bool:
-        if self._state is State.CLOSED:
-            return True
         with self._lock:
+            if self._state is State.CLOSED:
+                return True
             self._state = State.CLOSED
-            self._teardown()
+            self._finalizer.detach()
+            reachable = not isinstance(self._live.lost, DeviceUnavailable)
+            Session._finalize(self._pool, self._opened if reachable else None)
+            if self._opened is not None:
+                _heartbeat.unregister(self._opened.endpoint, self._opened.handle)
+            self._pool = None
         return True
 
-    def _teardown(self) -> None:
-        if getattr(self, "_finalizer", None) is not None:
-            self._finalizer.detach()
-        lost = isinstance(self._lost, DeviceUnavailable)
-        Session._finalize(self._pool, None if lost else self._opened, self._heartbeat)
-        self._pool = None
-        self._state = State.CLOSED
-
     @staticmethod
-    def _finalize(pool: WorkerPool | None, opened: _Opened | None, heartbeat: _Heartbeat | None) -> None:
-        if heartbeat is not None:
-            heartbeat.stop_event.set()
+    def _finalize(pool: WorkerPool | None, opened: _Opened | None) -> None:
+        """Stop the workers and give the PE back; also runs for a session never closed."""
+        if opened is not None:
+            _heartbeat.unregister(opened.endpoint, opened.handle)
         if pool is not None:
             pool.close()
-        if opened is not None:
+        if opened is not None and not _gone(opened.endpoint):
             try:
-                with Peer(opened.endpoint, name=opened.device, timeout_s=2.0) as peer:
+                with Peer(opened.endpoint, name=opened.device, timeout_s=2.0, watch_disconnect=True) as peer:
                     peer.request(Kind.CLOSE, {"handle": opened.handle})
             except NpusimError:
                 pass  # the daemon is gone or released us already
@@ -323,6 +311,11 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _gone(endpoint: str) -> bool:
+    """An ipc endpoint whose socket file is gone has no daemon to say goodbye to."""
+    return endpoint.startswith("ipc://") and not os.path.exists(endpoint.removeprefix("ipc://"))
 
 
 def _default_device(data: bytes) -> str:
@@ -337,12 +330,11 @@ def create(model: Any, *, device: str | None = None, worker_num: int | None = No
 
     Args:
         model: path, bytes, ``onnx.ModelProto``, quantised graph, or ``.enf`` program.
-        device: SDK device string (``warboy(2)*1``, ``npu0pe0``, ...); default ``NPUSIM_DEVICES``
-            or the fused PE of the first free device.
+        device: SDK device string for one PE or one fused pair (``warboy(2)*1``, ``npu0pe0``,
+            ``npu:0:0-1``); default ``NPUSIM_DEVICES`` or the fused PE of the first free device.
         worker_num: worker processes running the CPU operators (default 1).
-        batch_size: compile for this batch (multiplies dim 0 of every input and output).
-        compiler_config: compiler options such as ``{"permute_input": [[0, 3, 1, 2]]}``.
+        batch_size: compile for this batch.
+        compiler_config: compiler options.
     """
     return Session(model, device=device, worker_num=worker_num, batch_size=batch_size,
                    compiler_config=compiler_config)
-

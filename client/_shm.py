@@ -6,8 +6,8 @@ moves through the client↔worker hop as a header-only ZeroMQ message: the clien
 the inputs in, the worker computes straight from the mapping, writes the outputs back, and
 the client copies them out. A worker runs one job at a time, so a slot is never shared.
 
-The client unlinks the file as soon as the worker has mapped it: a crash of either side
-can then leak nothing.
+The client unlinks the file as soon as the worker has mapped it, and a worker whose client
+died removes the client's leftover arenas, so crashes leak nothing for long.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from services.layout import padded
 from services.program import Program, TensorSpec
 
-__all__ = ["Arena", "Layout", "layout_of", "SHM_DIR"]
+__all__ = ["Arena", "Layout", "layout_of", "SHM_DIR", "remove_leftovers"]
 
 SHM_DIR = Path("/dev/shm")
 _ALIGN = 64
@@ -41,7 +42,7 @@ def layout_of(program: Program) -> Layout:
     for group, specs in zip(slots, (program.inputs, program.outputs)):
         for spec in specs:
             group.append((offset, spec))
-            offset += -(-spec.size // _ALIGN) * _ALIGN
+            offset += padded(spec.size, _ALIGN)
     return Layout(slots[0], slots[1], max(offset, _ALIGN))
 
 
@@ -55,10 +56,15 @@ class Arena:
         fd = os.open(path, flags, 0o600)
         try:
             if create:
-                os.ftruncate(fd, layout.size)
+                # Reserve the pages now: a sparse file on a full tmpfs would SIGBUS on first write.
+                os.posix_fallocate(fd, 0, layout.size)
             elif os.fstat(fd).st_size < layout.size:
                 raise ValueError(f"arena {path} is {os.fstat(fd).st_size} bytes, the program needs {layout.size}")
             self._map = mmap.mmap(fd, layout.size)
+        except BaseException:
+            if create:
+                path.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         self.inputs = [self._view(o, s) for o, s in layout.inputs]
@@ -92,3 +98,9 @@ class Arena:
             self._map.close()
         except BufferError:
             pass  # a view is still referenced (e.g. by a pending send); the GC unmaps it later
+
+
+def remove_leftovers(client_pid: int) -> None:
+    """Remove arenas a dead client left behind (its workers call this when orphaned)."""
+    for path in SHM_DIR.glob(f"npusim-{client_pid}-*"):
+        path.unlink(missing_ok=True)

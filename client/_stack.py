@@ -32,6 +32,7 @@ _embedded: Stack | None = None
 _children: list[launch.Child] = []
 _tmp: str | None = None
 _owner_pid: int | None = None
+_atexit_registered = False
 
 
 def get_stack() -> Stack:
@@ -45,10 +46,18 @@ def get_stack() -> Stack:
 
 
 def _start_embedded() -> Stack:
-    global _embedded, _tmp, _owner_pid
+    global _embedded, _tmp, _owner_pid, _atexit_registered
     with _lock:
         if _embedded is not None and _owner_pid == os.getpid():
-            return _embedded
+            dead = [c for c in _children if c.proc.poll() is not None]
+            if not dead:
+                return _embedded
+            log.warning("the embedded %s exited (code %s); starting a new embedded stack:\n%s",
+                        dead[0].name, dead[0].proc.returncode, dead[0].log_tail(5))
+            launch.stop_all(_children)
+            _children.clear()
+            if _tmp:
+                shutil.rmtree(_tmp, ignore_errors=True)
         if os.environ.get(ENV_NO_EMBED, "") not in ("", "0"):
             raise ServiceUnavailable(f"no npusim stack is running and {ENV_NO_EMBED} forbids starting one; "
                                      "start it with `npusim up`")
@@ -66,8 +75,10 @@ def _start_embedded() -> Stack:
             raise
         _children[:] = children
         _owner_pid = os.getpid()
-        _embedded = Stack(children[0].endpoint, {"npu0": children[1].endpoint}, "embedded", time.time())
-        atexit.register(shutdown_embedded)
+        _embedded = Stack(children[0].endpoint, {"npu0": children[1].endpoint}, "embedded")
+        if not _atexit_registered:
+            atexit.register(shutdown_embedded)
+            _atexit_registered = True
         log.info("started an embedded npusim stack in %s (%.1f s)", rdir, time.monotonic() - t0)
         return _embedded
 

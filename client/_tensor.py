@@ -68,5 +68,5 @@ def check_inputs(inputs: Any, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
                                f"convert it with .astype(np.{want})")
         if tuple(a.shape) != tuple(s.shape):
             raise InvalidInput(f"input {s.name!r}: expected shape {s.shape} ({want}) but got {a.shape}")
-        out.append(np.ascontiguousarray(a))
+        out.append(a)  # the arena copy (or the frame encoder) takes any strides
     return out

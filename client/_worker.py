@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 from opentelemetry import trace
 
-from client._shm import Arena, layout_of
+from client._shm import Arena, layout_of, remove_leftovers
 from client.ops import CpuOperator, load_op
 from services import tracing
 from services.errors import DeviceUnavailable, NpusimError, ProtocolError, ServiceError
@@ -47,17 +47,15 @@ class Worker:
         self.arena: Arena | None = None
 
     def setup(self, msg: Message) -> Message:
+        if self.program is not None:
+            raise ProtocolError("a worker is set up once")
         self.program = Program.from_bytes(msg.tensor("program"))
         self.pre = [[load_op(o.op, o.attrs) for o in ops] for ops in self.program.pre_ops]
         self.post = [[load_op(o.op, o.attrs) for o in ops] for ops in self.program.post_ops]
-        if self.daemon is not None:
-            self.daemon.close(linger_ms=0)
         b = msg.body
-        self.daemon = Peer(b["daemon"], name=b.get("device", "device"), ctx=self.ctx, timeout_s=float(b["timeout_s"]),
+        self.daemon = Peer(b["daemon"], name=b["device"], ctx=self.ctx, timeout_s=float(b["timeout_s"]),
                            unavailable=DeviceUnavailable, watch_disconnect=True)
         self.handle = b["handle"]
-        if self.arena is not None:
-            self.arena.close()
         self.arena = Arena(Path(b["arena"]), layout_of(self.program), create=False) if b.get("arena") else None
         return msg.reply(Kind.SETUP_OK)
 
@@ -114,11 +112,12 @@ class Worker:
         return outputs, reply.body.get("timing", {})
 
 
-def _orphaned(endpoint: str) -> None:
-    """The session's process died without closing us: remove its socket directory."""
+def _orphaned(endpoint: str, client_pid: int) -> None:
+    """The session's process died without closing us: remove its socket directory and arenas."""
     path = Path(endpoint.removeprefix("ipc://")).parent
     if path.name.startswith("npusim-w-"):
         shutil.rmtree(path, ignore_errors=True)
+    remove_leftovers(client_pid)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             if not sock.poll(500):
                 if os.getppid() != args.parent_pid:
-                    _orphaned(args.connect)
+                    _orphaned(args.connect, args.parent_pid)
                     return 0
                 continue
             frames = sock.recv_multipart(copy=False)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from services.config import env_int
+from services.errors import ConfigError
 
 __all__ = ["ProgramCache", "default_cache_dir"]
 
@@ -31,7 +32,11 @@ class ProgramCache:
         self.max_bytes = max_bytes if max_bytes is not None else env_int(ENV_CACHE_MAX, 1 << 30, minimum=0)
         self.enabled = self.max_bytes > 0
         if self.enabled:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create the program cache {self.directory}: {e.strerror}; set "
+                                  f"{ENV_CACHE_DIR} to a writable directory or {ENV_CACHE_MAX}=0") from None
         self.hits = 0
         self.misses = 0
 

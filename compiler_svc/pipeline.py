@@ -9,14 +9,16 @@ good as those samples, and the compiler says so in its warnings.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from opentelemetry import trace
 
 from compiler_svc.calibrate import CalibrationMethod, Calibrator
@@ -27,6 +29,7 @@ from compiler_svc.partition import partition
 from compiler_svc.quantize import is_quantized, quantize
 from services import __version__
 from services.errors import ConfigError, InvalidCompilerConfig
+from services.hw import TIMING, WARBOY
 from services.hw import target as resolve_target
 from services.program import Program
 from services.tracing import tracer
@@ -79,14 +82,17 @@ class CompileOptions:
         if self.calibration_method not in CalibrationMethod.__members__:
             raise InvalidCompilerConfig(f"unknown calibration_method {self.calibration_method!r}; "
                                         f"choose one of {', '.join(CalibrationMethod.__members__)}")
-        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
-            raise InvalidCompilerConfig("calibration_samples must be a positive integer")
+        if not isinstance(self.calibration_samples, int) or not 1 <= self.calibration_samples <= 1024:
+            raise InvalidCompilerConfig("calibration_samples must be an integer from 1 to 1024")
 
 
 def cache_key(data: bytes, options: CompileOptions) -> str:
+    """sha256 of everything a program depends on: model, options, and the versions and
+    constants the compiler's result is made of (a change to any of them is a new key)."""
     h = hashlib.sha256()
-    h.update(__version__.encode())
-    h.update(repr(sorted(options.to_dict().items())).encode())
+    h.update(json.dumps({"npusim": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                         "hw": asdict(WARBOY), "timing": asdict(TIMING), "options": options.to_dict()},
+                        sort_keys=True).encode())
     h.update(data)
     return h.hexdigest()
 

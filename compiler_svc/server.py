@@ -48,23 +48,27 @@ class CompilerService(Service):
 
     def _compile(self, req: Request) -> Message | None:
         opts = CompileOptions.from_dict(req.msg.body["options"])
-        model = req.msg.tensor("model")
-        data = model.tobytes()
-        key = cache_key(data, opts)
-        cached = self.cache.get(key)
-        if cached is not None:
-            info = dict(program_info(Program.from_bytes(cached)), key=key, stages={})
-            return self._reply(req, cached, info, cached=True, spans=[])
-        with self._lock:
-            waiting = self._inflight.get(key)
-            if waiting is not None:
-                waiting.append(req)
-                return None
-            self._inflight[key] = [req]
-        self._pool.submit(self._work, req, key, data, opts)
+        self._pool.submit(self._work, req, opts)  # hashing, cache and compile all stay off the loop thread
         return None
 
-    def _work(self, req: Request, key: str, data: bytes, opts: CompileOptions) -> None:
+    def _work(self, req: Request, opts: CompileOptions) -> None:
+        try:
+            data = req.msg.tensor("model").tobytes()
+            key = cache_key(data, opts)
+            cached = self.cache.get(key)
+            if cached is not None:
+                info = dict(program_info(Program.from_bytes(cached)), key=key, stages={})
+                self.reply(req, self._reply(req, cached, info, cached=True, spans=[]))
+                return
+        except NpusimError as e:
+            self.reply(req, error_message(req.msg.id, e))
+            return
+        with self._lock:
+            waiting = self._inflight.get(key)
+            if waiting is not None:  # the same model is compiling right now: share its result
+                waiting.append(req)
+                return
+            self._inflight[key] = [req]
         parent = tracing.extract(req.msg.traceparent)
         collect = bool(req.msg.body.get("collect"))
         result: tuple[bytes, dict[str, Any]] | BaseException
@@ -78,7 +82,6 @@ class CompilerService(Service):
                     program, info = compile_model(data, opts)
                 blob = program.to_bytes()
                 info["key"] = key
-                self.cache.put(key, blob)
                 self.compiled += 1
                 result = (blob, info)
             except NpusimError as e:
@@ -86,6 +89,11 @@ class CompilerService(Service):
             except Exception as e:  # noqa: BLE001 - report the bug to the caller
                 log.exception("compile failed")
                 result = e
+        if not isinstance(result, BaseException):
+            try:
+                self.cache.put(key, result[0])
+            except OSError as e:  # a full disk costs the cache, not the compile
+                log.warning("could not write the program cache %s: %s", self.cache.directory, e)
         records = [tracing.to_record(s) for s in spans]
         with self._lock:
             waiters = self._inflight.pop(key, [req])

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from services import layout
-from services.errors import InvalidInput
+from services.errors import InvalidInput, SessionClosed
 from services.program import Program, TensorSpec
 
 __all__ = ["Executor", "to_graph", "to_device"]
@@ -42,7 +42,11 @@ def to_device(arr: np.ndarray, graph: TensorSpec, device: TensorSpec) -> np.ndar
 
 
 class Executor:
-    """Runs one program's NPU part; one worker thread per open session keeps FIFO order."""
+    """Runs one program's NPU part on one worker thread per open session.
+
+    A job runs inline on the daemon's loop thread only when its compute is known to be
+    tiny *and* nothing of the session is in flight, so jobs still finish in FIFO order.
+    """
 
     def __init__(self, program: Program, *, threads: int = 1, timing_only: bool = False) -> None:
         self.program = program
@@ -57,6 +61,7 @@ class Executor:
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="npu-exec")
         self._ewma_ns: float | None = None
         self._expect = [(np.dtype(s.dtype), s.shape) for s in program.npu_inputs]
+        self._zeros = [np.zeros(s.shape, np.dtype(s.dtype)) for s in program.npu_outputs] if timing_only else []
 
     def check(self, tensors: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
         if len(tensors) != len(self._expect):
@@ -70,15 +75,19 @@ class Executor:
 
     def compute(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         p = self.program
-        if self.session is None:
-            return [np.zeros(s.shape, np.dtype(s.dtype)) for s in p.npu_outputs]
+        if self.timing_only:
+            return self._zeros  # read-only to everyone: they are only ever sent
+        session = self.session  # read once: close() may drop it from another thread
+        if session is None:
+            raise SessionClosed("the session was closed while this job was queued")
         feeds = {g.name: to_graph(a, d, g) for a, d, g in zip(inputs, p.npu_inputs, p.graph_inputs)}
-        outs = self.session.run([g.name for g in p.graph_outputs], feeds)
+        outs = session.run([g.name for g in p.graph_outputs], feeds)
         return [to_device(o, g, d) for o, g, d in zip(outs, p.graph_outputs, p.npu_outputs)]
 
     @property
-    def inline(self) -> bool:
-        return self.session is None or (self._ewma_ns is not None and self._ewma_ns < INLINE_NS)
+    def cheap(self) -> bool:
+        """Whether a job's compute is known to be too small to hand to a thread."""
+        return self.timing_only or (self._ewma_ns is not None and self._ewma_ns < INLINE_NS)
 
     def timed(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
         """Compute and return the outputs with the monotonic time they were ready."""

@@ -13,7 +13,9 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -56,25 +58,42 @@ class DaemonOptions:
 
 @dataclass
 class OpenSession:
+    """An admitted session; per-job constants are computed once, at OPEN."""
+
     handle: str
     pe: str
     name: str
     client_pid: int | None
     program: Program
-    timeline: Timeline
-    executor: Executor | None = None
+    h2d_ns: int
+    exec_ns: int
+    d2h_ns: int
+    timeline: Timeline = field(default_factory=Timeline)
+    executor: Executor | None = None  # None while the program loads
     last_seen: float = field(default_factory=time.monotonic)
     outstanding: int = 0
     jobs: int = 0
     host_bound: int = 0
 
-    @property
-    def in_bytes(self) -> int:
-        return sum(s.size for s in self.program.npu_inputs)
+    @classmethod
+    def admit(cls, handle: str, pe: str, name: str, client_pid: int | None, program: Program,
+              opts: DaemonOptions) -> OpenSession:
+        pcie, scale = opts.hw.pcie_bytes_per_s, opts.time_scale
+        in_bytes = sum(t.size for t in program.npu_inputs)
+        out_bytes = sum(t.size for t in program.npu_outputs)
+        est = program.estimate
+        return cls(handle, pe, name, client_pid, program,
+                   h2d_ns=int(in_bytes / pcie * 1e9 * scale),
+                   exec_ns=int((est.get("npu_ns", 0.0) + est.get("job_overhead_ns", 0.0)) * scale),
+                   d2h_ns=int(out_bytes / pcie * 1e9 * scale))
 
-    @property
-    def out_bytes(self) -> int:
-        return sum(s.size for s in self.program.npu_outputs)
+    @cached_property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.program.npu_outputs]
+
+    @cached_property
+    def io_bytes(self) -> tuple[int, int]:
+        return sum(t.size for t in self.program.npu_inputs), sum(t.size for t in self.program.npu_outputs)
 
 
 class DaemonService(Service):
@@ -85,7 +104,7 @@ class DaemonService(Service):
         self.options = options
         self.owner: dict[int, str | None] = {0: None, 1: None}  # core -> session handle
         self.sessions: dict[str, OpenSession] = {}
-        self.released: list[dict[str, Any]] = []
+        self.released: deque[dict[str, Any]] = deque(maxlen=20)
         self._wall_offset = time.time_ns() - time.monotonic_ns()
         self.handlers.update({
             Kind.OPEN: self._open,
@@ -110,7 +129,7 @@ class DaemonService(Service):
                                  "outstanding": s.outstanding, "busy_ns": s.timeline.busy_ns,
                                  "exec_ns": s.timeline.exec_ns}
                              for h, s in self.sessions.items()},
-                "released": self.released[-20:]}
+                "released": list(self.released)}
 
     # -- OPEN / CLOSE ---------------------------------------------------------------
     def _open(self, req: Request) -> Message | None:
@@ -134,25 +153,39 @@ class DaemonService(Service):
                              f"{self.name}{holder.pe}; close that session or pick another device",
                              details={"device": self.name, "pe": pe, "holder": holder.name})
         handle = uuid.uuid4().hex
-        s = OpenSession(handle, pe, body["session"], body.get("client_pid"), program,
-                        Timeline(self.options.hw, time_scale=self.options.time_scale))
+        s = OpenSession.admit(handle, pe, body["session"], body.get("client_pid"), program, self.options)
         self.sessions[handle] = s
         for c in CORES[pe]:
             self.owner[c] = handle
 
-        def load() -> None:
+        def load() -> None:  # onnxruntime takes a while to load a graph: off the loop thread
             try:
-                s.executor = Executor(program, threads=self.options.ort_threads, timing_only=self.options.timing_only)
-                reply = req.msg.reply(Kind.OPENED, {"handle": handle, "pe": pe, "device": self.name,
-                                                    "queue_limit": self.options.queue_limit})
+                ex = Executor(program, threads=self.options.ort_threads, timing_only=self.options.timing_only)
             except Exception as e:  # noqa: BLE001 - onnxruntime load errors are user-facing
-                self.call_soon_threadsafe(lambda: self._release(handle, "load failed"))
-                err = e if isinstance(e, NpusimError) else DeviceError(f"cannot load the program: {e}")
-                reply = error_message(req.msg.id, err)
-            self.reply(req, reply)
+                log.exception("%s: loading the program failed", self.name)
+                err = e if isinstance(e, NpusimError) else DeviceError(
+                    f"{self.name} cannot load the program ({type(e).__name__}: {e}); recompile it with this npusim")
+                self.call_soon_threadsafe(lambda: self._loaded(req, handle, None, err))
+                return
+            self.call_soon_threadsafe(lambda: self._loaded(req, handle, ex, None))
 
         threading.Thread(target=load, name=f"load-{handle[:8]}", daemon=True).start()
         return None
+
+    def _loaded(self, req: Request, handle: str, ex: Executor | None, err: NpusimError | None) -> None:
+        """Finish an OPEN on the loop thread: the session may have been released meanwhile."""
+        s = self.sessions.get(handle)
+        if err is not None or s is None:
+            if ex is not None:
+                ex.close()
+            self._release(handle, "load failed")
+            self.reply(req, error_message(req.msg.id, err or SessionClosed(
+                f"{self.name} released the session while its program was loading; open it again")))
+            return
+        s.executor = ex
+        s.last_seen = time.monotonic()
+        self.reply(req, req.msg.reply(Kind.OPENED, {"handle": handle, "pe": s.pe, "device": self.name,
+                                                     "queue_limit": self.options.queue_limit}))
 
     def _close(self, req: Request) -> Message:
         self._release(req.msg.body["handle"], "closed by the client")
@@ -186,6 +219,8 @@ class DaemonService(Service):
         limit = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS
         now = time.monotonic()
         for h, s in list(self.sessions.items()):
+            if s.executor is None:
+                continue  # still loading: the client cannot beat before it has its handle
             if s.client_pid is not None and self.endpoint.startswith("ipc://") and not pid_alive(s.client_pid):
                 self._release(h, f"client process {s.client_pid} exited")
             elif now - s.last_seen > limit and s.outstanding == 0:
@@ -203,35 +238,44 @@ class DaemonService(Service):
             raise SessionClosed(f"{self.name} has no open session {handle[:8]}…: it was closed, timed out, or the "
                                 "daemon restarted; create a new session")
         s.last_seen = time.monotonic()
-        inputs = s.executor.check(req.msg.tensors)
+        ex = s.executor
+        inputs = ex.check(req.msg.tensors)
         if s.outstanding >= self.options.queue_limit:
             raise QueueFull(f"{self.name}{s.pe} already has {s.outstanding} jobs queued (limit "
                             f"{self.options.queue_limit}); wait for results before submitting more")
-        est = s.program.estimate
-        times = s.timeline.schedule(req.received_ns, s.in_bytes, s.out_bytes,
-                                    est.get("npu_ns", 0.0) + est.get("job_overhead_ns", 0.0))
-        s.outstanding += 1
-        s.jobs += 1
-        ex = s.executor
-        if ex.inline:
+        times = s.timeline.schedule(req.received_ns, s.h2d_ns, s.exec_ns, s.d2h_ns)
+        if ex.cheap and s.outstanding == 0:
+            s.outstanding += 1
+            s.jobs += 1
             outs, ready = ex.timed(inputs)
             self._complete(req, s, times, outs, ready)
-        else:
-            def done(fut: cf.Future[tuple[list[np.ndarray], int]]) -> None:
-                self.call_soon_threadsafe(lambda: self._complete_future(req, s, times, fut))
+            return None
+        s.outstanding += 1
+        s.jobs += 1
 
-            ex.submit(inputs, done)
+        def done(fut: cf.Future[tuple[list[np.ndarray], int]]) -> None:
+            self.call_soon_threadsafe(lambda: self._complete_future(req, s, times, fut))
+
+        ex.submit(inputs, done)
         return None
 
     def _complete_future(self, req: Request, s: OpenSession, times: JobTimes,
                          fut: cf.Future[tuple[list[np.ndarray], int]]) -> None:
-        try:
-            outs, ready = fut.result()
-        except Exception as e:  # noqa: BLE001
+        err: NpusimError | None = None
+        if fut.cancelled():
+            err = SessionClosed("the session was closed while this job was queued")
+        elif (e := fut.exception()) is not None:
+            if isinstance(e, NpusimError):
+                err = e
+            else:
+                log.error("%s: NPU execution failed", self.name, exc_info=e)
+                err = DeviceError(f"NPU execution on {self.name}{s.pe} failed ({type(e).__name__}: {e}); "
+                                  f"see the daemon's log")
+        if err is not None:
             s.outstanding -= 1
-            log.exception("%s: execution failed", self.name)
-            self.reply(req, error_message(req.msg.id, DeviceError(f"NPU execution failed: {e}")))
+            self.reply(req, error_message(req.msg.id, err))
             return
+        outs, ready = fut.result()
         self._complete(req, s, times, outs, ready)
 
     def _complete(self, req: Request, s: OpenSession, times: JobTimes, outs: list[np.ndarray], ready: int) -> None:
@@ -242,19 +286,24 @@ class DaemonService(Service):
             self.call_at(due, lambda: self._finish(req, s, times, outs, ready))
 
     def _finish(self, req: Request, s: OpenSession, times: JobTimes, outs: list[np.ndarray], ready: int) -> None:
+        """Reply to one RUN; whatever goes wrong here, the requester still gets an answer."""
         s.outstanding -= 1
-        host_bound = ready > times.end
-        s.host_bound += host_bound
-        timing: dict[str, Any] = times.as_dict()
-        timing.update(host_bound=host_bound, zero_filled=self.options.timing_only,
-                      emulated_ns=times.end - times.arrival, replied_ns=max(times.end, ready) - times.arrival)
-        body: dict[str, Any] = {"timing": timing}
-        parent = tracing.extract(req.msg.traceparent)
-        if parent is not None:
-            collect = bool(req.msg.body.get("collect"))
-            body["spans"] = self._spans(parent, s, times, host_bound, max(times.end, ready), collect)
-        names = [spec.name for spec in s.program.npu_outputs]
-        self.reply(req, req.msg.reply(Kind.RESULT, body, list(zip(names, outs))))
+        try:
+            host_bound = ready > times.end
+            s.host_bound += host_bound
+            timing: dict[str, Any] = times.as_dict()
+            timing.update(host_bound=host_bound, zero_filled=self.options.timing_only,
+                          emulated_ns=times.end - times.arrival, replied_ns=max(times.end, ready) - times.arrival)
+            body: dict[str, Any] = {"timing": timing}
+            parent = tracing.extract(req.msg.traceparent)
+            if parent is not None:
+                collect = bool(req.msg.body.get("collect"))
+                body["spans"] = self._spans(parent, s, times, host_bound, max(times.end, ready), collect)
+            reply = req.msg.reply(Kind.RESULT, body, list(zip(s.output_names, outs)))
+        except Exception as e:  # noqa: BLE001
+            log.exception("%s: building a RESULT failed", self.name)
+            reply = error_message(req.msg.id, e)
+        self.reply(req, reply)
 
     def _spans(self, parent: Any, s: OpenSession, t: JobTimes, host_bound: bool, replied: int,
                collect: bool) -> list[dict[str, Any]]:
@@ -266,13 +315,14 @@ class DaemonService(Service):
                                 attributes={**track, "pe": s.pe, "session": s.name, "host_bound": host_bound,
                                             "program": s.program.meta.get("model", "")})
             ctx = trace.set_span_in_context(job)
+            in_bytes, out_bytes = s.io_bytes
             for name, a, b, extra in (
                 ("npu.queue", t.arrival, t.start, {}),
-                ("npu.h2d", t.start, t.h2d_end, {"bytes": s.in_bytes}),
+                ("npu.h2d", t.start, t.h2d_end, {"bytes": in_bytes}),
                 ("npu.exec", t.h2d_end, t.exec_end, {"pe": s.pe,
                                                      "cycles": int(s.program.estimate.get("npu_cycles", 0)),
                                                      "bound_by": "host" if host_bound else "npu"}),
-                ("npu.d2h", t.exec_end, t.end, {"bytes": s.out_bytes}),
+                ("npu.d2h", t.exec_end, t.end, {"bytes": out_bytes}),
             ):
                 sp = tr.start_span(name, context=ctx, start_time=a + off, attributes={**track, **extra})
                 sp.end(end_time=b + off)

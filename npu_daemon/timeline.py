@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.hw import WARBOY, Hardware
-
 __all__ = ["JobTimes", "Timeline"]
 
 
@@ -36,21 +34,15 @@ class JobTimes:
 class Timeline:
     """The schedule of one PE (or of a fused pair, which acts as one)."""
 
-    def __init__(self, hw: Hardware = WARBOY, *, time_scale: float = 1.0) -> None:
-        self.hw = hw
-        self.time_scale = time_scale
+    def __init__(self) -> None:
         self.free_at = 0
         self.busy_ns = 0  # emulated time spent on jobs, for utilisation
         self.exec_ns = 0  # of which NPU execution
 
-    def schedule(self, arrival: int, in_bytes: int, out_bytes: int, exec_ns: float) -> JobTimes:
-        s = self.time_scale
-        h2d = int(in_bytes / self.hw.pcie_bytes_per_s * 1e9 * s)
-        d2h = int(out_bytes / self.hw.pcie_bytes_per_s * 1e9 * s)
-        ex = int(exec_ns * s)
+    def schedule(self, arrival: int, h2d_ns: int, exec_ns: int, d2h_ns: int) -> JobTimes:
         start = max(arrival, self.free_at)
-        times = JobTimes(arrival, start, start + h2d, start + h2d + ex, start + h2d + ex + d2h)
+        times = JobTimes(arrival, start, start + h2d_ns, start + h2d_ns + exec_ns, start + h2d_ns + exec_ns + d2h_ns)
         self.free_at = times.end
         self.busy_ns += times.end - start
-        self.exec_ns += ex
+        self.exec_ns += exec_ns
         return times

@@ -9,8 +9,11 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import TypeVar
 
 from services.errors import ConfigError
+
+_N = TypeVar("_N", int, float)
 
 __all__ = [
     "ENV_RUN_DIR",
@@ -43,37 +46,34 @@ ENV_NO_EMBED = "NPUSIM_NO_EMBED"
 DEFAULT_TIMEOUT_S = 30.0
 
 
-def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+def _env(name: str, default: _N, parse: type[_N], minimum: _N | None) -> _N:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number; unset it or give a number") from None
+        kind = "an integer" if parse is int else "a number"
+        raise ConfigError(f"{name}={raw!r} is not {kind}; unset it or give {kind}") from None
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
     return value
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    return _env(name, default, float, minimum)
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer; unset it or give an integer") from None
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
-    return value
+    return _env(name, default, int, minimum)
 
 
 def private_dir(path: Path) -> Path:
     """Create ``path`` with mode 0700, or check that an existing one is ours and private.
 
     ipc sockets are files: anyone who can reach them can drive the device, so the
-    directory that holds them must not be shared.
+    directory that holds them must not be shared (and we do not silently change the
+    permissions of a directory the user chose).
     """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
@@ -81,7 +81,8 @@ def private_dir(path: Path) -> Path:
         raise ConfigError(f"run directory {path} belongs to uid {st.st_uid}, not to you; "
                           f"set {ENV_RUN_DIR} to a directory of your own")
     if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(path, 0o700)
+        raise ConfigError(f"run directory {path} is open to other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                          f"`chmod 700 {path}` or choose a new directory")
     return path
 
 

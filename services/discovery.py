@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,10 +45,7 @@ def _path(run_dir: Path, name: str) -> Path:
 def register(run_dir: Path, record: ServiceRecord) -> Path:
     """Atomically write ``record``; refuse if a live process already holds the name."""
     path = _path(run_dir, record.name)
-    existing = _read(path)
-    if existing and existing.pid != record.pid and pid_alive(existing.pid):
-        raise ConfigError(f"a {existing.kind} named {existing.name!r} is already running "
-                          f"(pid {existing.pid}, {existing.endpoint}); stop it or use another run directory")
+    claim(run_dir, record.kind, record.name)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(asdict(record)))
     os.replace(tmp, path)
@@ -99,11 +95,6 @@ class Stack:
     compiler: str | None
     daemons: dict[str, str]
     source: str  # "env", "run-dir", "embedded"
-    started: float = 0.0
-
-    @property
-    def empty(self) -> bool:
-        return self.compiler is None and not self.daemons
 
 
 def from_env() -> Stack | None:
@@ -129,4 +120,4 @@ def from_run_dir(run_dir: Path) -> Stack | None:
         return None
     comp = next((r.endpoint for r in recs if r.kind == "compiler"), None)
     daemons = {r.name: r.endpoint for r in recs if r.kind == "daemon"}
-    return Stack(comp, daemons, "run-dir", min(r.started for r in recs) if recs else time.time())
+    return Stack(comp, daemons, "run-dir")

@@ -14,9 +14,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from services.errors import ServiceUnavailable
 from services.protocol import Kind
@@ -34,7 +33,6 @@ class Child:
     endpoint: str
     proc: subprocess.Popen[bytes]
     log_path: Path
-    health: dict[str, Any] = field(default_factory=dict)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -71,7 +69,7 @@ def wait_healthy(children: Sequence[Child], *, timeout_s: float = 60.0) -> None:
                 raise ServiceUnavailable(f"{child.kind} {child.name!r} did not answer HEALTH within "
                                          f"{timeout_s:g} s; see {child.log_path}")
             try:
-                child.health = peers[child.name].request(Kind.HEALTH, timeout_s=0.25).body
+                peers[child.name].request(Kind.HEALTH, timeout_s=0.25)
                 pending.pop(0)
             except ServiceUnavailable:
                 continue

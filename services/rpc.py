@@ -15,6 +15,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from services.config import ENV_MAX_MESSAGE, env_int
 from services.config import timeout_s as default_timeout
 from services.errors import NpusimError, ProtocolError, ServiceUnavailable, from_wire
 from services.protocol import DEFAULT_MAX_MESSAGE_BYTES, Kind, Message, decode, encode
@@ -39,19 +40,18 @@ class Peer:
         keys: CurveKeys | None = None,
         unavailable: type[NpusimError] = ServiceUnavailable,
         watch_disconnect: bool = False,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.name = name or endpoint
         self.timeout_s = default_timeout(timeout_s)
         self.unavailable = unavailable
-        self.max_message_bytes = max_message_bytes
+        self.max_message_bytes = max_message_bytes or env_int(ENV_MAX_MESSAGE, DEFAULT_MAX_MESSAGE_BYTES, minimum=1024)
         self._ctx = ctx or zmq.Context.instance()
         self.sock = new_socket(self._ctx, zmq.DEALER)
         self._monitor: zmq.Socket | None = None
         if watch_disconnect:
             self._monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
-        self.connected = False
         self.lost = False
         connect(self.sock, endpoint, keys=keys if keys is not None else load_keys())
         self._ids = itertools.count(1)
@@ -62,6 +62,12 @@ class Peer:
             self._check_monitor()
         rid = next(self._ids)
         frames = encode(Message(kind, rid, body or {}, tensors or [], traceparent))
+        size = sum(memoryview(f).nbytes for f in frames)
+        if size > self.max_message_bytes:
+            raise ProtocolError(
+                f"a {kind.name} message of {size} bytes exceeds the {self.max_message_bytes}-byte limit; "
+                f"send smaller tensors or raise {ENV_MAX_MESSAGE} on both sides",
+                details={"size": size, "limit": self.max_message_bytes})
         try:
             self.sock.send_multipart(frames, copy=False)
         except zmq.Again:
@@ -109,9 +115,9 @@ class Peer:
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)["event"]
             if event == zmq.EVENT_CONNECTED:
-                self.connected, self.lost = True, False
+                self.lost = False
             elif event == zmq.EVENT_DISCONNECTED:
-                self.connected, self.lost = False, True
+                self.lost = True
         if self.lost:
             raise self.unavailable(
                 f"lost the connection to {self.name} at {self.endpoint}: the process died or "

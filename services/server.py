@@ -20,13 +20,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import zmq
 
 from services import __version__
-from services.errors import NpusimError, ProtocolError
+from services.errors import NpusimError, ProtocolError, ServiceError
 from services.protocol import DEFAULT_MAX_MESSAGE_BYTES, Kind, Message, decode, encode, error_message, peek_id
 from services.sockets import CurveKeys, bind, new_socket, release_context
 
@@ -82,6 +82,8 @@ class Service:
         self._timers: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._stopping = threading.Event()
+        self._closed = False
+        self._close_lock = threading.Lock()  # orders late cross-thread calls against shutdown
         self.orphaned = False
         self._loop_thread: threading.Thread | None = None
 
@@ -94,24 +96,31 @@ class Service:
         return {}
 
     def tick(self) -> None:
-        """Called at least every 0.5 s on the loop thread (liveness checks)."""
+        """Called on the loop thread about every 0.5 s, never more often (liveness checks)."""
 
     def on_stop(self) -> None:
         """Called on the loop thread after the loop ends, before the socket closes."""
 
     # -- thread-safe API ----------------------------------------------------------
     def reply(self, req: Request, msg: Message) -> None:
-        """Queue a reply from any thread; the loop sends it."""
+        """Queue a reply from any thread; the loop sends it (dropped once the service has stopped)."""
         if threading.current_thread() is self._loop_thread:
             self._send(req.peer, msg)
             return
-        self._outbox.append((req.peer, msg))
-        self._wake()
+        with self._close_lock:
+            if self._closed:
+                log.info("%s: dropped a %s reply that came after the service stopped", self.name, msg.kind.name)
+                return
+            self._outbox.append((req.peer, msg))
+            self._wake()
 
     def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the loop thread as soon as possible (from any thread)."""
-        self._calls.append(fn)
-        self._wake()
+        with self._close_lock:
+            if self._closed:
+                return
+            self._calls.append(fn)
+            self._wake()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -131,9 +140,7 @@ class Service:
                 busy = self._drain_socket()
                 while self._calls:
                     self._guard(self._calls.popleft())
-                while self._outbox:
-                    peer, msg = self._outbox.popleft()
-                    self._send(peer, msg)
+                self._flush_outbox()
                 now = time.monotonic_ns()
                 while self._timers and self._timers[0][0] <= now:
                     _, _, fn = heapq.heappop(self._timers)
@@ -157,9 +164,9 @@ class Service:
                         pass
         finally:
             self._guard(self.on_stop)
-            while self._outbox:
-                peer, msg = self._outbox.popleft()
-                self._send(peer, msg)
+            with self._close_lock:
+                self._closed = True
+            self._flush_outbox()
             self.sock.close(linger=1000)
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -167,6 +174,11 @@ class Service:
             self.ctx.term()
 
     # -- internals ----------------------------------------------------------------
+    def _flush_outbox(self) -> None:
+        while self._outbox:
+            peer, msg = self._outbox.popleft()
+            self._guard(lambda: self._send(peer, msg))
+
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
@@ -237,10 +249,11 @@ class Service:
     def _send(self, peer: bytes, msg: Message) -> None:
         try:
             frames = encode(msg)
-        except ProtocolError as e:
+        except Exception as e:  # noqa: BLE001 - a reply we cannot encode is still answered
             self.stats.handler_errors += 1
             log.exception("%s: could not encode %s", self.name, msg.kind.name)
-            frames = encode(error_message(msg.id, e))
+            frames = encode(error_message(msg.id, e if isinstance(e, ProtocolError) else ServiceError(
+                f"the {self.service} could not encode its {msg.kind.name} reply: {type(e).__name__}: {e}")))
         try:
             self.sock.send_multipart([peer, *frames], copy=False, flags=zmq.NOBLOCK)
             self.stats.replied += 1
@@ -263,15 +276,6 @@ class Service:
         return req.msg.reply(Kind.HEALTH_OK, body)
 
     def _stats_handler(self, req: Request) -> Message:
-        s = self.stats
-        stats = {
-            "received": s.received,
-            "replied": s.replied,
-            "protocol_errors": s.protocol_errors,
-            "handler_errors": s.handler_errors,
-            "undeliverable": s.undeliverable,
-            "busy_ns": s.busy_ns,
-            "by_kind": dict(s.by_kind),
-        }
+        stats = asdict(self.stats)
         stats.update(self.extra_stats())
         return req.msg.reply(Kind.STATS_OK, {"stats": stats})

@@ -149,8 +149,8 @@ def new_socket(
     sndtimeo_ms: int = DEFAULT_SNDTIMEO_MS,
     rcvtimeo_ms: int = DEFAULT_RCVTIMEO_MS,
 ) -> zmq.Socket:
-    if kind not in (zmq.DEALER, zmq.ROUTER, zmq.PAIR, zmq.PUSH, zmq.PULL):
-        raise ValueError("npusim sockets are DEALER/ROUTER (PAIR/PUSH/PULL for inproc plumbing)")
+    if kind not in (zmq.DEALER, zmq.ROUTER):
+        raise ValueError("npusim sockets are DEALER/ROUTER: REQ/REP lock-step deadlocks on a lost reply")
     s = ctx.socket(kind)
     s.setsockopt(zmq.SNDHWM, hwm)
     s.setsockopt(zmq.RCVHWM, hwm)

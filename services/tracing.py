@@ -34,7 +34,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 __all__ = [
     "setup_tracing",
     "tracer",
-    "otlp_enabled",
     "active",
     "inject",
     "extract",
@@ -42,7 +41,6 @@ __all__ = [
     "add_sink",
     "remove_sink",
     "to_record",
-    "process_label",
     "TRACK",
 ]
 
@@ -71,10 +69,6 @@ class _CaptureProcessor(SpanProcessor):
             sink.append(span)
 
 
-def otlp_enabled() -> bool:
-    return _otlp
-
-
 def _exporter_names() -> list[str]:
     raw = os.environ.get("OTEL_TRACES_EXPORTER")
     if raw is None:
@@ -84,7 +78,7 @@ def _exporter_names() -> list[str]:
 
 
 def setup_tracing(service: str, *, instance: str | None = None) -> None:
-    """Configure this process's tracer provider from ``OTEL_*``; idempotent.
+    """Configure this process's tracer provider from ``OTEL_*``; later calls only relabel.
 
     Args:
         service: ``client``, ``worker``, ``daemon`` or ``compiler``; becomes ``npusim-<service>``
@@ -134,10 +128,6 @@ def shutdown() -> None:
 
 def tracer() -> trace.Tracer:
     return trace.get_tracer("npusim")
-
-
-def process_label() -> str:
-    return _label
 
 
 def active() -> bool:

@@ -14,15 +14,19 @@ import numpy as np
 from opentelemetry import trace
 
 from services import tracing
-from services.errors import ServiceError
+from services.errors import InvalidModel, ServiceError
 
 __all__ = ["CpuOperator"]
 
 
 class CpuOperator:
     name: ClassVar[str]
+    required: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **attrs: Any) -> None:
+        missing = [a for a in self.required if a not in attrs]
+        if missing:
+            raise InvalidModel(f"the program's {self.name} operator lacks attribute(s) {missing}; recompile it")
         self.attrs = attrs
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:

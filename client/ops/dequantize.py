@@ -16,6 +16,7 @@ class Dequantize(CpuOperator):
     """int8 → float32: ``(q - zero_point) * scale``."""
 
     name = "Dequantize"
+    required = ("scale", "zero_point")
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return np.dtype(np.float32), shape

@@ -10,6 +10,7 @@ class Lower(CpuOperator):
     """Logical layout (e.g. NHWC) → the NPU's lowered ``N,H,C,Wp`` layout."""
 
     name = "Lower"
+    required = ("axes",)
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return dtype, layout.lowered_shape(shape, self.attrs["axes"])

@@ -10,6 +10,7 @@ class Pad(CpuOperator):
     """Pad the width (last axis) to a multiple of 32 so the NPU can lower the tensor itself."""
 
     name = "Pad"
+    required = ("multiple",)
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return dtype, shape[:-1] + (layout.padded(shape[-1], self.attrs["multiple"]),)

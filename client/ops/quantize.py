@@ -17,6 +17,7 @@ class Quantize(CpuOperator):
     """float32 → int8 with the input tensor's calibrated scale and zero point."""
 
     name = "Quantize"
+    required = ("scale", "zero_point")
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return np.dtype(np.int8), shape

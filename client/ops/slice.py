@@ -10,6 +10,7 @@ class Slice(CpuOperator):
     """Drop the width padding the NPU's Unlower leaves on an output."""
 
     name = "Slice"
+    required = ("length",)
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return dtype, shape[:-1] + (self.attrs["length"],)

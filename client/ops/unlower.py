@@ -10,6 +10,7 @@ class Unlower(CpuOperator):
     """The NPU's lowered ``N,H,C,Wp`` layout → the model's logical output layout."""
 
     name = "Unlower"
+    required = ("axes", "shape")
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return dtype, tuple(self.attrs["shape"])

@@ -55,8 +55,9 @@ def eltwise(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Wo
 
 def move(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
     """Data movement (Transpose, Concat, Resize, Pad, Slice): one pass over the output."""
-    return Work(vector_ops=math.prod(shapes.of(node.output[0])), in_bytes=shapes.bytes(node.input[0]),
-                out_bytes=shapes.bytes(node.output[0]))
+    return Work(vector_ops=math.prod(shapes.of(node.output[0])),
+                in_bytes=sum(shapes.bytes(i) for i in node.input if i and i not in weights),
+                out_bytes=sum(shapes.bytes(o) for o in node.output if o))
 
 
 def free(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:

@@ -78,8 +78,8 @@ ROUND_TRIPS = {
     "run-collect": Message(Kind.RUN, 11, {"handle": "h", "collect": True},
                            [("x", np.arange(12, dtype=np.int8).reshape(3, 4))], TRACEPARENT),
     "heartbeat": Message(Kind.HEARTBEAT, 12, {"handles": ["a", "b"]}),
-    "setup-float-timeout": Message(Kind.SETUP, 13, {"daemon": "ipc:///x", "handle": "h", "timeout_s": 2.5}),
-    "setup-int-timeout": Message(Kind.SETUP, 14, {"daemon": "ipc:///x", "handle": "h", "timeout_s": 3}),
+    "setup-float-timeout": Message(Kind.SETUP, 13, {"daemon": "ipc:///x", "device": "npu0pe0", "handle": "h", "timeout_s": 2.5}),
+    "setup-int-timeout": Message(Kind.SETUP, 14, {"daemon": "ipc:///x", "device": "npu0pe0", "handle": "h", "timeout_s": 3}),
     "duplicate-tensor-names": Message(Kind.DONE, 15, {}, [("y", np.ones(2, np.float32)),
                                                           ("y", np.zeros(3, np.int64))]),
 }
@@ -211,7 +211,7 @@ INVALID: dict[str, tuple[list[bytes], str]] = {
     "run-handle-int": (frames_of(header(k=int(Kind.RUN), b={"handle": 5})), "'handle' must be str"),
     "run-collect-int": (frames_of(header(k=int(Kind.RUN), b={"handle": "h", "collect": 1})),
                         "'collect' must be bool"),
-    "setup-timeout-bool": (frames_of(header(k=int(Kind.SETUP), b={"daemon": "d", "handle": "h", "timeout_s": True})),
+    "setup-timeout-bool": (frames_of(header(k=int(Kind.SETUP), b={"daemon": "d", "device": "npu0", "handle": "h", "timeout_s": True})),
                            "'timeout_s' must be int/float"),
     "stats-ok-stats-list": (frames_of(header(k=int(Kind.STATS_OK), b={"stats": []})), "'stats' must be dict"),
     # tensor descriptors
@@ -345,7 +345,7 @@ def _valid_messages() -> list[list[bytes]]:
         Message(Kind.RESULT, 5, {"timing": {"a": 1, "b": 2.5}, "spans": [{"n": "x"}]},
                 [("out", np.arange(10, dtype=np.float16)), ("b", np.array([True, False]))]),
         Message(Kind.ERROR, 6, to_wire(ProtocolError("x", details={"k": [1, 2]}))),
-        Message(Kind.SETUP, 7, {"daemon": "ipc:///tmp/x", "handle": "h", "timeout_s": 1.5}),
+        Message(Kind.SETUP, 7, {"daemon": "ipc:///tmp/x", "device": "npu0", "handle": "h", "timeout_s": 1.5}),
     ]
     return [wire(encode(m)) for m in msgs]
 
