@@ -31,20 +31,20 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services import launch  # noqa: E402
-from services.program import Program, TensorSpec  # noqa: E402
+from services.program import NpuStage, NpuStep, Program, TensorSpec  # noqa: E402
 from services.zoo import identity  # noqa: E402
 
 SIZES = {"150KB": (1, 3, 224, 224), "1.2MB": (1, 3, 640, 640)}
 
 
 def identity_program(shape: tuple[int, ...]) -> bytes:
+    """A program whose one NPU stage passes a uint8 tensor through: no host operators at all."""
     spec = TensorSpec("input", "uint8", shape, "NCHW")
     out = TensorSpec("output", "uint8", shape, "NCHW")
-    model = identity(list(shape))
-    return Program(target="warboy-2pe", batch_size=1, inputs=[spec], outputs=[out], pre_ops=[[]], post_ops=[[]],
-                   npu_inputs=[spec], npu_outputs=[out], graph_inputs=[spec], graph_outputs=[out],
-                   npu_graph=model.SerializeToString(), estimate={"npu_ns": 0.0, "job_overhead_ns": 0.0},
-                   meta={"model": "identity"}).to_bytes()
+    stage = NpuStage(identity(list(shape)).SerializeToString(), [spec], [out], [spec], [out],
+                     estimate={"npu_ns": 0.0, "job_overhead_ns": 0.0})
+    return Program(target="warboy-2pe", batch_size=1, inputs=[spec], outputs=[out],
+                   steps=[NpuStep(0, ["input"], ["output"])], stages=[stage], meta={"model": "identity"}).to_bytes()
 
 
 def _forwarder(front: str, back: str, nbytes: int, ready: mp.synchronize.Event) -> None:

@@ -10,7 +10,6 @@ import threading
 import weakref
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from services.config import env_float
 from services.config import timeout_s as default_timeout
 from services.devices import AnyPe, DeviceSpec, NamedPe, parse_devices
 from services.discovery import Stack
+from services.modelfile import read_model
 from services.errors import (
     ConfigError,
     DeviceBusy,
@@ -56,11 +56,7 @@ class State(enum.Enum):
 def model_bytes(model: Any) -> bytes:
     """A path, bytes, an ``onnx.ModelProto``, a quantised graph or an .enf program → bytes."""
     if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        try:
-            return path.read_bytes()
-        except OSError as e:
-            raise InvalidInput(f"cannot read the model file {str(path)!r}: {e.strerror}") from None
+        return read_model(model)
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model)
     if hasattr(model, "SerializeToString"):
@@ -77,6 +73,7 @@ class _Opened:
     pe: str
     endpoint: str
     handle: str
+    max_message_bytes: int | None = None
 
     @property
     def name(self) -> str:
@@ -122,7 +119,8 @@ class Session:
                 self._opened = self._open(stack, spec, blob)
                 _heartbeat.register(self._opened.endpoint, self._opened.device, self._opened.handle, self._live)
                 self._pool.setup(self.program, blob, daemon=self._opened.endpoint, device=self._opened.name,
-                                 handle=self._opened.handle, timeout_s=self.timeout_s)
+                                 handle=self._opened.handle, timeout_s=self.timeout_s,
+                                 max_message_bytes=self._opened.max_message_bytes)
         except BaseException:
             Session._finalize(self._pool, self._opened)
             self._pool = None
@@ -146,6 +144,7 @@ class Session:
         options = {"target_npu": target, "batch_size": batch_size or 1, "compiler_config": compiler_config or {}}
         timeout = env_float(ENV_COMPILE_TIMEOUT, 600.0, minimum=1.0)
         with Peer(stack.compiler, name="compiler", timeout_s=timeout, watch_disconnect=True) as peer:
+            peer.adopt_limit()
             reply = peer.request(Kind.COMPILE, {"options": options, "collect": collecting()},
                                  [("model", np.frombuffer(data, dtype=np.uint8))],
                                  traceparent=tracing.inject() if tracing.active() else None)
@@ -174,9 +173,11 @@ class Session:
             try:
                 with Peer(stack.daemons[dev], name=dev, timeout_s=self.timeout_s, unavailable=DeviceUnavailable,
                           watch_disconnect=True) as peer:
+                    peer.adopt_limit()
                     reply = peer.request(Kind.OPEN, {"pe": pe, "session": f"pid{os.getpid()}-{id(self):x}",
                                                      "client_pid": os.getpid()}, [("program", program)])
-                return _Opened(dev, pe, stack.daemons[dev], reply.body["handle"])
+                return _Opened(dev, pe, stack.daemons[dev], reply.body["handle"],
+                               reply.body.get("max_message_bytes"))
             except (DeviceBusy, DeviceUnavailable) as e:
                 if isinstance(spec, NamedPe):
                     raise

@@ -24,10 +24,10 @@ import zmq
 from opentelemetry import trace
 
 from client._shm import Arena, layout_of, remove_leftovers
-from client.ops import CpuOperator, load_op
+from client.ops import load_op
 from services import tracing
 from services.errors import DeviceUnavailable, NpusimError, ProtocolError, ServiceError
-from services.program import Program
+from services.program import CpuStep, NpuStep, OpStep, Program
 from services.protocol import Kind, Message, decode, encode, error_message
 from services.rpc import Peer
 from services.sockets import new_socket
@@ -40,8 +40,7 @@ class Worker:
         self.index = index
         self.ctx = ctx
         self.program: Program | None = None
-        self.pre: list[list[CpuOperator]] = []
-        self.post: list[list[CpuOperator]] = []
+        self.runners: list[Any] = []  # one per step: a CpuOperator, an onnxruntime session, or None (NPU)
         self.daemon: Peer | None = None
         self.handle = ""
         self.arena: Arena | None = None
@@ -50,11 +49,11 @@ class Worker:
         if self.program is not None:
             raise ProtocolError("a worker is set up once")
         self.program = Program.from_bytes(msg.tensor("program"))
-        self.pre = [[load_op(o.op, o.attrs) for o in ops] for ops in self.program.pre_ops]
-        self.post = [[load_op(o.op, o.attrs) for o in ops] for ops in self.program.post_ops]
+        self.runners = [_runner(step) for step in self.program.steps]
         b = msg.body
         self.daemon = Peer(b["daemon"], name=b["device"], ctx=self.ctx, timeout_s=float(b["timeout_s"]),
                            unavailable=DeviceUnavailable, watch_disconnect=True)
+        self.daemon.adopt_limit(b.get("max_message_bytes"))
         self.handle = b["handle"]
         self.arena = Arena(Path(b["arena"]), layout_of(self.program), create=False) if b.get("arena") else None
         return msg.reply(Kind.SETUP_OK)
@@ -85,6 +84,7 @@ class Worker:
         return msg.reply(Kind.DONE, body, outputs)
 
     def _pipeline(self, msg: Message, remote: list[dict[str, Any]]) -> tuple[list[tuple[str, np.ndarray]], dict]:
+        """Run the program's steps over a table of named tensors."""
         assert self.program is not None and self.daemon is not None
         p = self.program
         if msg.tensors:
@@ -95,21 +95,56 @@ class Worker:
             raise ProtocolError("JOB without tensors for a worker without an arena")
         if len(inputs) != len(p.inputs):
             raise ProtocolError(f"JOB carries {len(inputs)} tensors, the program takes {len(p.inputs)}")
-        device_inputs = []
-        for x, ops, spec in zip(inputs, self.pre, p.npu_inputs):
-            for op in ops:
-                x = op.run(x)
-            device_inputs.append((spec.name, x))
-        tp = tracing.inject() if trace.get_current_span().is_recording() else None
-        reply = self.daemon.request(Kind.RUN, {"handle": self.handle, "collect": bool(msg.body.get("collect"))},
-                                    device_inputs, traceparent=tp)
-        remote.extend(reply.body.get("spans") or [])
-        outputs = []
-        for (_, y), ops, spec in zip(reply.tensors, self.post, p.outputs):
-            for op in ops:
-                y = op.run(y)
-            outputs.append((spec.name, y))
-        return outputs, reply.body.get("timing", {})
+        env: dict[str, np.ndarray] = {spec.name: x for spec, x in zip(p.inputs, inputs)}
+        timings: list[dict[str, Any]] = []
+        collect = bool(msg.body.get("collect"))
+        for step, runner in zip(p.steps, self.runners):
+            if isinstance(step, OpStep):
+                env[step.output] = runner.run(env[step.input])
+            elif isinstance(step, CpuStep):
+                env.update(_run_graph(runner, step, env))
+            else:
+                tp = tracing.inject() if trace.get_current_span().is_recording() else None
+                reply = self.daemon.request(Kind.RUN, {"handle": self.handle, "stage": step.stage, "collect": collect},
+                                            [(n, env[n]) for n in step.inputs], traceparent=tp)
+                remote.extend(reply.body.get("spans") or [])
+                timings.append(reply.body.get("timing", {}))
+                env.update((n, a) for n, (_, a) in zip(step.outputs, reply.tensors))
+        return [(spec.name, env[spec.name]) for spec in p.outputs], _timing(timings)
+
+
+def _runner(step: OpStep | CpuStep | NpuStep) -> Any:
+    if isinstance(step, OpStep):
+        return load_op(step.op, step.attrs)
+    if isinstance(step, CpuStep):
+        import onnxruntime as ort  # only programs with CPU fallback operators need it here
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        return ort.InferenceSession(step.graph, so, providers=["CPUExecutionProvider"])
+    return None
+
+
+def _run_graph(session: Any, step: CpuStep, env: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """Operators the chip does not run, on the host; one span for the group."""
+    feeds = {n: env[n] for n in step.inputs}
+    if trace.get_current_span().is_recording():
+        names = ",".join(o["op_type"] for o in step.ops)
+        with tracing.tracer().start_as_current_span("cpu.fallback", attributes={"ops": names}):
+            outs = session.run(step.outputs, feeds)
+    else:
+        outs = session.run(step.outputs, feeds)
+    return list(zip(step.outputs, outs))
+
+
+def _timing(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """One NPU stage: its timing; several: their sums, and each under ``stages``."""
+    if len(stages) == 1:
+        return dict(stages[0], stages=stages)
+    return {"emulated_ns": sum(t.get("emulated_ns", 0) for t in stages),
+            "replied_ns": sum(t.get("replied_ns", 0) for t in stages),
+            "host_bound": any(t.get("host_bound") for t in stages),
+            "zero_filled": any(t.get("zero_filled") for t in stages), "stages": stages}
 
 
 def _orphaned(endpoint: str, client_pid: int) -> None:

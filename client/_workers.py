@@ -75,11 +75,13 @@ class WorkerPool:
 
     # -- start-up ---------------------------------------------------------------------
     def setup(self, program: Program, blob: bytes, *, daemon: str, device: str, handle: str,
-              timeout_s: float) -> None:
+              timeout_s: float, max_message_bytes: int | None = None) -> None:
         """Send every worker the program and its device; wait until all are ready."""
         self._program = program
-        self._setup = Message(Kind.SETUP, 0, {"daemon": daemon, "device": device, "handle": handle,
-                                              "timeout_s": timeout_s},
+        body: dict[str, object] = {"daemon": daemon, "device": device, "handle": handle, "timeout_s": timeout_s}
+        if max_message_bytes:
+            body["max_message_bytes"] = max_message_bytes
+        self._setup = Message(Kind.SETUP, 0, body,
                               [("program", np.frombuffer(blob, dtype=np.uint8))])
         self._send_setups()
         deadline = time.monotonic() + START_TIMEOUT_S

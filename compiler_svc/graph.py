@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import onnx
 
 from services.errors import InvalidModel
@@ -9,10 +11,11 @@ from services.errors import InvalidModel
 __all__ = ["toposort"]
 
 
-def toposort(graph: onnx.GraphProto) -> None:
+def toposort(graph: onnx.GraphProto, available: Iterable[str] = ()) -> None:
     """Reorder ``graph.node`` so every node follows its producers (onnxruntime's quantiser
-    appends Q/DQ nodes at the end; the ONNX checker and readers want topological order)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    appends Q/DQ nodes at the end; the ONNX checker and readers want topological order).
+    ``available``: tensors made outside the graph (by host operators at its boundary)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""} | set(available)
     pending = list(graph.node)
     ordered: list[onnx.NodeProto] = []
     while pending:

@@ -23,6 +23,12 @@ def load_model(data: bytes) -> onnx.ModelProto:
                            "Pass an .onnx file, its bytes, or an .enf program") from None
     if not model.graph.node:
         raise InvalidModel("the model has no nodes: it is not an ONNX model (or an empty one)")
+    from onnx.external_data_helper import uses_external_data
+
+    if any(uses_external_data(t) for t in model.graph.initializer):
+        raise InvalidModel("the model keeps weights in external files the compiler cannot see; pass its path "
+                           "(npusim compile PATH, session.create(PATH)) so npusim reads them, or save it with "
+                           "onnx.save(model, path, save_as_external_data=False)")
     opset = opset_of(model)
     if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise InvalidModel(f"the model uses opset {opset}; npusim compiles opset {OPSET_RANGE[0]}–{OPSET_RANGE[1]}. "

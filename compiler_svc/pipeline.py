@@ -1,9 +1,9 @@
-"""The compile pipeline: one function from model bytes and options to a Program.
+"""The compile pipeline, from model bytes and options to a Program.
 
-Stages, each timed and traced as a span: load → optimise → calibrate → quantise
-(skipped for an already quantised graph) → partition → cost. A float model is calibrated on
-deterministic random samples when no data is given: it runs, but its accuracy is only as
-good as those samples, and the compiler says so in its warnings.
+Stages, each timed and (inside a traced request) a span: load → optimise → calibrate →
+quantise (these three only for a float model) → partition → cost. The compiler service and
+``npusim compile`` both run :func:`compile_model`; :func:`compile` is the library form for
+an already quantised graph.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,35 +22,40 @@ import onnxruntime as ort
 from opentelemetry import trace
 
 from compiler_svc.calibrate import CalibrationMethod, Calibrator
-from compiler_svc.cost import estimate
+from compiler_svc.config import CompilerConfig
+from compiler_svc.editor import get_pure_input_names
 from compiler_svc.loader import load_model
-from compiler_svc.optimize import optimize_model
-from compiler_svc.partition import partition
+from compiler_svc.partition import build_program
+from compiler_svc.passes import optimize_model
 from compiler_svc.quantize import is_quantized, quantize
 from services import __version__
-from services.errors import ConfigError, InvalidCompilerConfig
+from services.errors import ConfigError, InvalidCompilerConfig, InvalidModel
 from services.hw import TIMING, WARBOY
 from services.hw import target as resolve_target
-from services.program import Program
+from services.program import CpuStep, OpStep, Program
 from services.tracing import tracer
 
-__all__ = ["CompileOptions", "compile_model", "cache_key", "program_info"]
+__all__ = ["CompileOptions", "compile_model", "compile", "cache_key", "program_info"]
 
-KNOWN_CONFIG: dict[str, tuple[type, ...]] = {}
-"""compiler_config keys this compiler understands, with their types."""
+MAX_BATCH = 1024
 
 
 @dataclass(frozen=True)
 class CompileOptions:
+    """Everything a compile depends on besides the model (the cache key covers all of it)."""
+
     target_npu: str = "warboy-2pe"
     batch_size: int = 1
     compiler_config: dict[str, Any] = field(default_factory=dict)
     calibration_method: str = "MIN_MAX_ASYM"
     calibration_samples: int = 8
+    with_quantize: bool = True
+    normalized_pixel_outputs: list[int] = field(default_factory=list)
+    auto_quantize: bool = True  # a float model is calibrated on random samples (session.create does this)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CompileOptions:
-        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise InvalidCompilerConfig(f"unknown compile option(s): {', '.join(sorted(unknown))}")
         opts = cls(**d)
@@ -58,31 +63,24 @@ class CompileOptions:
         return opts
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target_npu": self.target_npu, "batch_size": self.batch_size,
-                "compiler_config": dict(self.compiler_config), "calibration_method": self.calibration_method,
-                "calibration_samples": self.calibration_samples}
+        return asdict(self)
 
     def validate(self) -> None:
-        for name, typ in (("target_npu", str), ("calibration_method", str)):
+        for name, typ in (("target_npu", str), ("calibration_method", str), ("with_quantize", bool),
+                          ("auto_quantize", bool), ("normalized_pixel_outputs", list)):
             if not isinstance(getattr(self, name), typ):
-                raise InvalidCompilerConfig(f"{name} must be a string, got {type(getattr(self, name)).__name__}")
+                raise InvalidCompilerConfig(f"{name} must be {typ.__name__}, got {type(getattr(self, name)).__name__}")
         try:
             resolve_target(self.target_npu)
         except ConfigError as e:
             raise InvalidCompilerConfig(str(e)) from None
-        if not isinstance(self.batch_size, int) or self.batch_size != 1:
-            raise InvalidCompilerConfig(f"batch_size={self.batch_size!r}: only batch 1 is supported so far")
-        if not isinstance(self.compiler_config, dict):
-            raise InvalidCompilerConfig("compiler_config must be a dict")
-        for key, value in self.compiler_config.items():
-            if key not in KNOWN_CONFIG:
-                raise InvalidCompilerConfig(f"unknown compiler_config key {key!r}")
-            if not isinstance(value, KNOWN_CONFIG[key]):
-                raise InvalidCompilerConfig(f"compiler_config[{key!r}] has the wrong type {type(value).__name__}")
+        if type(self.batch_size) is not int or not 1 <= self.batch_size <= MAX_BATCH:
+            raise InvalidCompilerConfig(f"batch_size must be an integer from 1 to {MAX_BATCH}, got {self.batch_size!r}")
+        CompilerConfig.parse(self.compiler_config)
         if self.calibration_method not in CalibrationMethod.__members__:
             raise InvalidCompilerConfig(f"unknown calibration_method {self.calibration_method!r}; "
                                         f"choose one of {', '.join(CalibrationMethod.__members__)}")
-        if not isinstance(self.calibration_samples, int) or not 1 <= self.calibration_samples <= 1024:
+        if type(self.calibration_samples) is not int or not 1 <= self.calibration_samples <= 1024:
             raise InvalidCompilerConfig("calibration_samples must be an integer from 1 to 1024")
 
 
@@ -97,13 +95,14 @@ def cache_key(data: bytes, options: CompileOptions) -> str:
     return h.hexdigest()
 
 
-class _Stages:
+class Stages:
+    """Times each stage of a compile; traces it only inside a traced request."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time a stage; trace it only inside a traced request (no orphan root spans)."""
         t0 = time.perf_counter()
         if trace.get_current_span().get_span_context().is_valid:
             with tracer().start_as_current_span(f"compile.{name}"):
@@ -113,69 +112,94 @@ class _Stages:
         self.seconds[name] = time.perf_counter() - t0
 
 
-def _random_samples(model: onnx.ModelProto, n: int) -> list[list[np.ndarray]]:
-    rng = np.random.default_rng(0)
-    inits = {i.name for i in model.graph.initializer}
-    shapes = [[int(d.dim_value) for d in vi.type.tensor_type.shape.dim]
-              for vi in model.graph.input if vi.name not in inits]
-    return [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(n)]
+def random_samples(model: onnx.ModelProto, n: int, seed: int = 0) -> list[list[np.ndarray]]:
+    """N(0, 1) samples for every pure input, of its dtype and shape."""
+    rng = np.random.default_rng(seed)
+    shapes = {vi.name: [int(d.dim_value) for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
+    return [[rng.standard_normal(shapes[name]).astype(np.float32) for name in get_pure_input_names(model)]
+            for _ in range(n)]
 
 
-def compile_model(data: bytes, options: CompileOptions | None = None) -> tuple[Program, dict[str, Any]]:
-    """Compile ONNX bytes (float or already quantised) into a :class:`Program`."""
+def compile_model(data: bytes, options: CompileOptions | None = None, *,
+                  calibration_data: Iterable[Sequence[np.ndarray]] | None = None,
+                  stages: Stages | None = None) -> tuple[Program, dict[str, Any]]:
+    """Compile ONNX bytes (float or already quantised) into a :class:`Program`.
+
+    A float model is optimised, calibrated on ``calibration_data`` (or, with
+    ``auto_quantize``, on random samples — with a warning) and quantised first.
+    """
     opts = options or CompileOptions()
     opts.validate()
-    tgt = resolve_target(opts.target_npu)
-    st = _Stages()
+    st = stages or Stages()
     warnings: list[str] = []
     with st.stage("load"):
         model = load_model(data)
     if is_quantized(model):
         qmodel = model
     else:
+        if calibration_data is None and not opts.auto_quantize:
+            raise InvalidModel(
+                "this is a float model and compiling needs a quantised one: calibrate it on real samples "
+                "(Calibrator(optimize_model(model), CalibrationMethod.MIN_MAX_ASYM).collect_data(samples)) and "
+                "quantize(model, ranges) first — or pass calibration data (npusim compile --calibration-data "
+                "DIR, or 'random' to accept poor accuracy)")
         with st.stage("optimize"):
             model = optimize_model(model)
         with st.stage("calibrate"):
             cal = Calibrator(model, CalibrationMethod[opts.calibration_method])
-            cal.collect_data(_random_samples(model, opts.calibration_samples))
+            if calibration_data is None:
+                cal.collect_data(random_samples(model, opts.calibration_samples), progress=False)
+                warnings.append(f"calibrated on {opts.calibration_samples} random N(0,1) samples: accuracy on real "
+                                "data needs a Calibrator run on real samples and quantize() before compiling")
+            else:
+                cal.collect_data(calibration_data, progress=False)
             ranges = cal.compute_range()
-            warnings.append(f"calibrated on {opts.calibration_samples} random N(0,1) samples: accuracy on real "
-                            "data needs a Calibrator run on real samples and quantize() before compiling")
         with st.stage("quantize"):
-            qmodel = onnx.load_from_string(quantize(model, ranges))
-    with st.stage("partition"):
-        part = partition(qmodel)
-    with st.stage("cost"):
-        extra = [{"name": f"Lower({b.user.name})", "op_type": "Lower", "bytes": b.npu_layout_bytes}
-                 for b in part.inputs if b.npu_layout_bytes]
-        extra += [{"name": f"Unlower({b.user.name})", "op_type": "Unlower", "bytes": b.npu_layout_bytes}
-                  for b in part.outputs if b.npu_layout_bytes]
-        npu_ops, est = estimate(part.npu_model, tgt, extra=extra)
-    program = Program(
-        target=tgt.name,
-        batch_size=opts.batch_size,
-        inputs=[b.user for b in part.inputs],
-        outputs=[b.user for b in part.outputs],
-        pre_ops=[b.cpu_ops for b in part.inputs],
-        post_ops=[b.cpu_ops for b in part.outputs],
-        npu_inputs=[b.device for b in part.inputs],
-        npu_outputs=[b.device for b in part.outputs],
-        graph_inputs=[b.graph for b in part.inputs],
-        graph_outputs=[b.graph for b in part.outputs],
-        npu_graph=part.npu_model.SerializeToString(),
-        npu_ops=npu_ops,
-        estimate=est,
-        meta={"compiler": f"npusim {__version__}", "model": model.graph.name, "source_sha256":
-              hashlib.sha256(data).hexdigest(), "created": time.time(), "warnings": warnings},
-    )
+            qmodel = onnx.load_from_string(quantize(model, ranges, with_quantize=opts.with_quantize,
+                                                    normalized_pixel_outputs=opts.normalized_pixel_outputs))
+    program = _partition(qmodel, opts, st, data, warnings)
     return program, dict(program_info(program), stages=st.seconds)
+
+
+def _partition(qmodel: onnx.ModelProto, opts: CompileOptions, st: Stages, data: bytes,
+               warnings: list[str]) -> Program:
+    inits = {i.name for i in qmodel.graph.initializer}
+    inputs = [(vi.name, len(vi.type.tensor_type.shape.dim)) for vi in qmodel.graph.input if vi.name not in inits]
+    config = CompilerConfig.parse(opts.compiler_config, inputs=inputs)
+    with st.stage("partition"):
+        meta = {"compiler": f"npusim {__version__}", "model": qmodel.graph.name or "model",
+                "source_sha256": hashlib.sha256(data).hexdigest(), "created": time.time(), "warnings": warnings}
+        program = build_program(qmodel, target=resolve_target(opts.target_npu), batch_size=opts.batch_size,
+                                config=config, meta=meta)
+    for s in program.steps:
+        if isinstance(s, CpuStep):
+            for op in s.ops:
+                warnings.append(f"{op['op_type']} {op['name']!r} runs on the CPU: {op['reason']}")
+    return program
+
+
+def compile(graph: onnx.ModelProto | bytes, *, target_npu: str = "warboy-2pe", batch_size: int = 1,  # noqa: A001
+            compiler_config: dict[str, Any] | None = None) -> Program:
+    """Compile a quantised graph (from :func:`compiler_svc.quantize`) into a program.
+
+    ``bytes(program)`` is the .enf file; ``session.create`` accepts the program directly.
+    """
+    data = graph.SerializeToString() if isinstance(graph, onnx.ModelProto) else bytes(graph)
+    opts = CompileOptions(target_npu=target_npu, batch_size=batch_size, compiler_config=dict(compiler_config or {}),
+                          auto_quantize=False)
+    program, _ = compile_model(data, opts)
+    return program
 
 
 def program_info(program: Program) -> dict[str, Any]:
     """The summary a compile reply carries, the same whether compiled now or cached."""
+    cpu_ops: list[str] = []
+    for s in program.cpu_steps():
+        cpu_ops.extend([s.op] if isinstance(s, OpStep) else [o["op_type"] for o in s.ops])
     return {
         "target": program.target,
-        "cpu_ops": [op.op for ops in program.pre_ops + program.post_ops for op in ops],
+        "cpu_ops": cpu_ops,
+        "npu_stages": len(program.stages),
         "warnings": list(program.meta.get("warnings", [])),
         "npu_ns": program.estimate.get("npu_ns", 0.0),
     }

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ from services.errors import (
     SessionClosed,
 )
 from services.hw import WARBOY, Hardware
-from services.program import Program
+from services.program import NpuStage, Program
 from services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind, Message, error_message
 from services.server import Request, Service
 
@@ -56,44 +55,46 @@ class DaemonOptions:
     hw: Hardware = WARBOY
 
 
+@dataclass(frozen=True)
+class StageCost:
+    """Per-job constants of one NPU stage, computed once at OPEN."""
+
+    h2d_ns: int
+    exec_ns: int
+    d2h_ns: int
+    in_bytes: int
+    out_bytes: int
+    cycles: int
+    output_names: list[str]
+
+    @classmethod
+    def of(cls, stage: NpuStage, opts: DaemonOptions) -> StageCost:
+        pcie, scale = opts.hw.pcie_bytes_per_s, opts.time_scale
+        in_bytes = sum(t.size for t in stage.device_inputs)
+        out_bytes = sum(t.size for t in stage.device_outputs)
+        est = stage.estimate
+        return cls(h2d_ns=int(in_bytes / pcie * 1e9 * scale),
+                   exec_ns=int((est.get("npu_ns", 0.0) + est.get("job_overhead_ns", 0.0)) * scale),
+                   d2h_ns=int(out_bytes / pcie * 1e9 * scale), in_bytes=in_bytes, out_bytes=out_bytes,
+                   cycles=int(est.get("npu_cycles", 0)), output_names=[t.name for t in stage.device_outputs])
+
+
 @dataclass
 class OpenSession:
-    """An admitted session; per-job constants are computed once, at OPEN."""
+    """An admitted session; its stages' per-job constants come from the program at OPEN."""
 
     handle: str
     pe: str
     name: str
     client_pid: int | None
     program: Program
-    h2d_ns: int
-    exec_ns: int
-    d2h_ns: int
+    costs: list[StageCost]
     timeline: Timeline = field(default_factory=Timeline)
     executor: Executor | None = None  # None while the program loads
     last_seen: float = field(default_factory=time.monotonic)
     outstanding: int = 0
     jobs: int = 0
     host_bound: int = 0
-
-    @classmethod
-    def admit(cls, handle: str, pe: str, name: str, client_pid: int | None, program: Program,
-              opts: DaemonOptions) -> OpenSession:
-        pcie, scale = opts.hw.pcie_bytes_per_s, opts.time_scale
-        in_bytes = sum(t.size for t in program.npu_inputs)
-        out_bytes = sum(t.size for t in program.npu_outputs)
-        est = program.estimate
-        return cls(handle, pe, name, client_pid, program,
-                   h2d_ns=int(in_bytes / pcie * 1e9 * scale),
-                   exec_ns=int((est.get("npu_ns", 0.0) + est.get("job_overhead_ns", 0.0)) * scale),
-                   d2h_ns=int(out_bytes / pcie * 1e9 * scale))
-
-    @cached_property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.program.npu_outputs]
-
-    @cached_property
-    def io_bytes(self) -> tuple[int, int]:
-        return sum(t.size for t in self.program.npu_inputs), sum(t.size for t in self.program.npu_outputs)
 
 
 class DaemonService(Service):
@@ -153,7 +154,8 @@ class DaemonService(Service):
                              f"{self.name}{holder.pe}; close that session or pick another device",
                              details={"device": self.name, "pe": pe, "holder": holder.name})
         handle = uuid.uuid4().hex
-        s = OpenSession.admit(handle, pe, body["session"], body.get("client_pid"), program, self.options)
+        s = OpenSession(handle, pe, body["session"], body.get("client_pid"), program,
+                        [StageCost.of(st, self.options) for st in program.stages])
         self.sessions[handle] = s
         for c in CORES[pe]:
             self.owner[c] = handle
@@ -185,7 +187,8 @@ class DaemonService(Service):
         s.executor = ex
         s.last_seen = time.monotonic()
         self.reply(req, req.msg.reply(Kind.OPENED, {"handle": handle, "pe": s.pe, "device": self.name,
-                                                     "queue_limit": self.options.queue_limit}))
+                                                     "queue_limit": self.options.queue_limit,
+                                                     "max_message_bytes": self.max_message_bytes}))
 
     def _close(self, req: Request) -> Message:
         self._release(req.msg.body["handle"], "closed by the client")
@@ -239,28 +242,28 @@ class DaemonService(Service):
                                 "daemon restarted; create a new session")
         s.last_seen = time.monotonic()
         ex = s.executor
-        inputs = ex.check(req.msg.tensors)
+        stage = req.msg.body.get("stage", 0)
+        inputs = ex.check(stage, req.msg.tensors)
         if s.outstanding >= self.options.queue_limit:
             raise QueueFull(f"{self.name}{s.pe} already has {s.outstanding} jobs queued (limit "
                             f"{self.options.queue_limit}); wait for results before submitting more")
-        times = s.timeline.schedule(req.received_ns, s.h2d_ns, s.exec_ns, s.d2h_ns)
-        if ex.cheap and s.outstanding == 0:
-            s.outstanding += 1
-            s.jobs += 1
-            outs, ready = ex.timed(inputs)
-            self._complete(req, s, times, outs, ready)
-            return None
+        c = s.costs[stage]
+        times = s.timeline.schedule(req.received_ns, c.h2d_ns, c.exec_ns, c.d2h_ns)
+        job = _Job(req, s, stage, times)
         s.outstanding += 1
         s.jobs += 1
+        if ex.cheap and s.outstanding == 1:
+            outs, ready = ex.timed(stage, inputs)
+            self._complete(job, outs, ready)
+            return None
 
         def done(fut: cf.Future[tuple[list[np.ndarray], int]]) -> None:
-            self.call_soon_threadsafe(lambda: self._complete_future(req, s, times, fut))
+            self.call_soon_threadsafe(lambda: self._complete_future(job, fut))
 
-        ex.submit(inputs, done)
+        ex.submit(stage, inputs, done)
         return None
 
-    def _complete_future(self, req: Request, s: OpenSession, times: JobTimes,
-                         fut: cf.Future[tuple[list[np.ndarray], int]]) -> None:
+    def _complete_future(self, job: _Job, fut: cf.Future[tuple[list[np.ndarray], int]]) -> None:
         err: NpusimError | None = None
         if fut.cancelled():
             err = SessionClosed("the session was closed while this job was queued")
@@ -269,63 +272,69 @@ class DaemonService(Service):
                 err = e
             else:
                 log.error("%s: NPU execution failed", self.name, exc_info=e)
-                err = DeviceError(f"NPU execution on {self.name}{s.pe} failed ({type(e).__name__}: {e}); "
-                                  f"see the daemon's log")
+                err = DeviceError(f"NPU execution on {self.name}{job.session.pe} failed ({type(e).__name__}: {e}); "
+                                  "see the daemon's log")
         if err is not None:
-            s.outstanding -= 1
-            self.reply(req, error_message(req.msg.id, err))
+            job.session.outstanding -= 1
+            self.reply(job.req, error_message(job.req.msg.id, err))
             return
         outs, ready = fut.result()
-        self._complete(req, s, times, outs, ready)
+        self._complete(job, outs, ready)
 
-    def _complete(self, req: Request, s: OpenSession, times: JobTimes, outs: list[np.ndarray], ready: int) -> None:
-        due = max(times.end, ready)
+    def _complete(self, job: _Job, outs: list[np.ndarray], ready: int) -> None:
+        due = max(job.times.end, ready)
         if due <= time.monotonic_ns():
-            self._finish(req, s, times, outs, ready)
+            self._finish(job, outs, ready)
         else:
-            self.call_at(due, lambda: self._finish(req, s, times, outs, ready))
+            self.call_at(due, lambda: self._finish(job, outs, ready))
 
-    def _finish(self, req: Request, s: OpenSession, times: JobTimes, outs: list[np.ndarray], ready: int) -> None:
+    def _finish(self, job: _Job, outs: list[np.ndarray], ready: int) -> None:
         """Reply to one RUN; whatever goes wrong here, the requester still gets an answer."""
+        s, times, req = job.session, job.times, job.req
         s.outstanding -= 1
         try:
             host_bound = ready > times.end
             s.host_bound += host_bound
             timing: dict[str, Any] = times.as_dict()
-            timing.update(host_bound=host_bound, zero_filled=self.options.timing_only,
+            timing.update(host_bound=host_bound, zero_filled=self.options.timing_only, stage=job.stage,
                           emulated_ns=times.end - times.arrival, replied_ns=max(times.end, ready) - times.arrival)
             body: dict[str, Any] = {"timing": timing}
             parent = tracing.extract(req.msg.traceparent)
             if parent is not None:
                 collect = bool(req.msg.body.get("collect"))
-                body["spans"] = self._spans(parent, s, times, host_bound, max(times.end, ready), collect)
-            reply = req.msg.reply(Kind.RESULT, body, list(zip(s.output_names, outs)))
+                body["spans"] = self._spans(parent, job, host_bound, max(times.end, ready), collect)
+            reply = req.msg.reply(Kind.RESULT, body, list(zip(s.costs[job.stage].output_names, outs)))
         except Exception as e:  # noqa: BLE001
             log.exception("%s: building a RESULT failed", self.name)
             reply = error_message(req.msg.id, e)
         self.reply(req, reply)
 
-    def _spans(self, parent: Any, s: OpenSession, t: JobTimes, host_bound: bool, replied: int,
-               collect: bool) -> list[dict[str, Any]]:
+    def _spans(self, parent: Any, job: _Job, host_bound: bool, replied: int, collect: bool) -> list[dict[str, Any]]:
+        s, t, c = job.session, job.times, job.session.costs[job.stage]
         off = self._wall_offset
         tr = tracing.tracer()
         track = {tracing.TRACK: f"{self.name}{s.pe}"}
         with tracing.capture(collect) as spans:
-            job = tr.start_span("npu.job", context=parent, start_time=t.arrival + off,
-                                attributes={**track, "pe": s.pe, "session": s.name, "host_bound": host_bound,
-                                            "program": s.program.meta.get("model", "")})
-            ctx = trace.set_span_in_context(job)
-            in_bytes, out_bytes = s.io_bytes
+            span = tr.start_span("npu.job", context=parent, start_time=t.arrival + off,
+                                 attributes={**track, "pe": s.pe, "session": s.name, "host_bound": host_bound,
+                                             "stage": job.stage, "program": s.program.meta.get("model", "")})
+            ctx = trace.set_span_in_context(span)
             for name, a, b, extra in (
                 ("npu.queue", t.arrival, t.start, {}),
-                ("npu.h2d", t.start, t.h2d_end, {"bytes": in_bytes}),
-                ("npu.exec", t.h2d_end, t.exec_end, {"pe": s.pe,
-                                                     "cycles": int(s.program.estimate.get("npu_cycles", 0)),
+                ("npu.h2d", t.start, t.h2d_end, {"bytes": c.in_bytes}),
+                ("npu.exec", t.h2d_end, t.exec_end, {"pe": s.pe, "stage": job.stage, "cycles": c.cycles,
                                                      "bound_by": "host" if host_bound else "npu"}),
-                ("npu.d2h", t.exec_end, t.end, {"bytes": out_bytes}),
+                ("npu.d2h", t.exec_end, t.end, {"bytes": c.out_bytes}),
             ):
                 sp = tr.start_span(name, context=ctx, start_time=a + off, attributes={**track, **extra})
                 sp.end(end_time=b + off)
-            job.end(end_time=replied + off)
+            span.end(end_time=replied + off)
         return [tracing.to_record(sp) for sp in spans]
 
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    req: Request
+    session: OpenSession
+    stage: int
+    times: JobTimes

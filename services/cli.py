@@ -114,6 +114,36 @@ def demo(
     _call("client.demo:run", requests=requests, trace=trace, width=width)
 
 
+@app.command("compile")
+def compile_(
+    model: Path = typer.Argument(..., exists=True, dir_okay=False, help="ONNX model (float or quantised)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="program to write (default MODEL.enf)"),
+    target_npu: str = typer.Option("warboy-2pe", help="warboy (one PE) or warboy-2pe (fused pe0-1)"),
+    batch_size: int = typer.Option(1, "-b", "--batch-size", min=1, help="multiplies dim 0 of inputs and outputs"),
+    compiler_config: Optional[Path] = typer.Option(None, help="YAML/JSON file of compiler_config keys"),
+    calibration_method: str = typer.Option("MIN_MAX_ASYM", help="one of the ten CalibrationMethod names"),
+    calibration_data: Optional[str] = typer.Option(None, help="DIR of .npy/.npz samples, or 'random' (float models)"),
+    calibration_samples: int = typer.Option(8, help="random samples to calibrate on with --calibration-data random"),
+    with_quantize: bool = typer.Option(True, "--with-quantize/--no-with-quantize", help="--no-with-quantize: uint8 input"),
+    normalized_pixel_outputs: list[int] = typer.Option([], help="output index to return as uint8 (repeatable)"),
+    no_cache: bool = typer.Option(False, help="compile even if the program cache has this program"),
+) -> None:
+    """Compile an ONNX model into an .enf program, stage by stage."""
+    _call("compiler_svc.cli:compile_cmd", model=model, output=output, target_npu=target_npu, batch_size=batch_size,
+          compiler_config=compiler_config, calibration_method=calibration_method, calibration_data=calibration_data,
+          calibration_samples=calibration_samples, with_quantize=with_quantize,
+          normalized_pixel_outputs=normalized_pixel_outputs, no_cache=no_cache)
+
+
+@app.command()
+def explain(
+    program: Path = typer.Argument(..., exists=True, dir_okay=False, help="an .enf program"),
+    json_out: bool = typer.Option(False, "--json", help="print the program's header as JSON"),
+) -> None:
+    """Show a program: every CPU and NPU operator, where it runs and why, layouts, costs, SRAM fit."""
+    _call("compiler_svc.cli:explain", program_path=program, json_out=json_out)
+
+
 @keys_app.command("generate")
 def keys_generate(directory: Path = typer.Argument(..., help="where to write the key pairs")) -> None:
     """Create server and client CURVE key pairs (and authorise the client)."""

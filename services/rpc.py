@@ -23,6 +23,8 @@ from services.sockets import CurveKeys, connect, load_keys, new_socket
 
 __all__ = ["Peer"]
 
+LEARN_LIMIT_ABOVE = 1 << 20
+"""Before its first message larger than this, a Peer asks the service for its size limit."""
 MONITOR_SLICE_S = 0.05
 """How often a waiting request looks at the socket monitor for a lost peer."""
 
@@ -53,6 +55,7 @@ class Peer:
         if watch_disconnect:
             self._monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
         self.lost = False
+        self._limit_known = False
         connect(self.sock, endpoint, keys=keys if keys is not None else load_keys())
         self._ids = itertools.count(1)
 
@@ -63,6 +66,8 @@ class Peer:
         rid = next(self._ids)
         frames = encode(Message(kind, rid, body or {}, tensors or [], traceparent))
         size = sum(memoryview(f).nbytes for f in frames)
+        if size > LEARN_LIMIT_ABOVE and not self._limit_known and kind != Kind.HEALTH:
+            self.adopt_limit()
         if size > self.max_message_bytes:
             raise ProtocolError(
                 f"a {kind.name} message of {size} bytes exceeds the {self.max_message_bytes}-byte limit; "
@@ -74,6 +79,16 @@ class Peer:
             raise self.unavailable(f"{self.name} at {self.endpoint} is not accepting messages "
                                    "(its queue is full or it is not running); check `npusim status`") from None
         return rid
+
+    def adopt_limit(self, limit: int | None = None) -> None:
+        """Use the service's message limit when it is smaller than ours (asks HEALTH if not given),
+        so an oversize request is refused here with a clear error instead of being dropped by
+        the service's socket."""
+        if limit is None:
+            limit = self.request(Kind.HEALTH).body.get("max_message_bytes")
+        self._limit_known = True
+        if type(limit) is int and 0 < limit < self.max_message_bytes:
+            self.max_message_bytes = limit
 
     def request(self, kind: Kind, body: dict[str, Any] | None = None,
                 tensors: list[tuple[str, np.ndarray]] | None = None, *,

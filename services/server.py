@@ -124,7 +124,9 @@ class Service:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake()
+        with self._close_lock:
+            if not self._closed:
+                self._wake()
 
     # -- loop-thread API ----------------------------------------------------------
     def call_at(self, when_ns: int, fn: Callable[[], None]) -> None:

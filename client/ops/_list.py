@@ -9,12 +9,13 @@ from client.ops.dequantize import Dequantize
 from client.ops.lower import Lower
 from client.ops.pad import Pad
 from client.ops.quantize import Quantize
+from client.ops.quantize_uint8 import QuantizeUint8
 from client.ops.slice import Slice
 from client.ops.unlower import Unlower
 from services.errors import InvalidModel
 
 OPERATORS: dict[str, type[CpuOperator]] = {
-    cls.name: cls for cls in (Quantize, Dequantize, Lower, Unlower, Pad, Slice)
+    cls.name: cls for cls in (Quantize, QuantizeUint8, Dequantize, Lower, Unlower, Pad, Slice)
 }
 
 

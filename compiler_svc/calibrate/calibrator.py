@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -50,10 +52,14 @@ def float_tensors(model: onnx.ModelProto) -> list[str]:
 class Calibrator:
     """Collect per-tensor statistics over samples; ``compute_range`` gives ``{name: (min, max)}``.
 
+    Every float tensor (graph inputs and node outputs) gets one observer of the method's family
+    (``_list.OBSERVERS``); the ``_SYM`` members build it with ``symmetric=True``. Observers keep
+    fixed-size summaries, so memory does not grow with the number of samples.
+
     Args:
         model: a float ONNX model (``onnx.ModelProto`` or its bytes), ideally optimised.
         calibration_method: one of the ten :class:`CalibrationMethod` members.
-        percentage: the percentile kept by PERCENTILE methods.
+        percentage: the percentile kept by PERCENTILE methods (``0 < p <= 100``).
     """
 
     def __init__(self, model: onnx.ModelProto | bytes, calibration_method: CalibrationMethod, *,
@@ -83,26 +89,37 @@ class Calibrator:
             n: observer(symmetric=method.symmetric, percentage=percentage) for n in self.names}
         self.samples = 0
 
-    def collect_data(self, calibration_dataset: Iterable[Sequence[np.ndarray]]) -> None:
-        """Feed samples (each a list of input arrays in graph-input order); callable repeatedly."""
-        for sample in calibration_dataset:
-            arrays = [sample] if isinstance(sample, np.ndarray) else list(sample)
-            if len(arrays) != len(self._inputs):
-                raise CalibrationError(f"a calibration sample has {len(arrays)} arrays; the model takes "
-                                       f"{len(self._inputs)} ({', '.join(self._inputs)})")
-            try:
-                outs = self._session.run(None, dict(zip(self._inputs, arrays)))
-            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-                raise CalibrationError(f"running the model on a calibration sample failed: {e}") from None
-            feeds = dict(zip(self._inputs, arrays))
-            values = dict(zip(self._outputs, outs))
-            for name, obs in self._observers.items():
-                value = values.get(name, feeds.get(name))
-                if value is not None:
-                    obs.update(np.asarray(value, dtype=np.float32))
-            self.samples += 1
+    def collect_data(self, calibration_dataset: Iterable[Sequence[np.ndarray]], *, progress: bool = True) -> None:
+        """Feed samples (each a list of input arrays in graph-input order); callable repeatedly.
+
+        Shows a transient rich progress bar on stderr when it is a terminal (``progress=False``
+        turns it off).
+        """
+        total = len(calibration_dataset) if hasattr(calibration_dataset, "__len__") else None
+        with _progress_bar(progress, f"calibrating ({self.method.name})", total) as advance:
+            for sample in calibration_dataset:
+                self._collect_one(sample)
+                advance()
+
+    def _collect_one(self, sample: Sequence[np.ndarray] | np.ndarray) -> None:
+        arrays = [sample] if isinstance(sample, np.ndarray) else list(sample)
+        if len(arrays) != len(self._inputs):
+            raise CalibrationError(f"a calibration sample has {len(arrays)} arrays; the model takes "
+                                   f"{len(self._inputs)} ({', '.join(self._inputs)})")
+        feeds = dict(zip(self._inputs, arrays))
+        try:
+            outs = self._session.run(None, feeds)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+            raise CalibrationError(f"running the model on a calibration sample failed: {e}") from None
+        values = dict(zip(self._outputs, outs))
+        for name, obs in self._observers.items():
+            value = values.get(name, feeds.get(name))
+            if value is not None:
+                obs.update(np.asarray(value, dtype=np.float32))
+        self.samples += 1
 
     def compute_range(self, verbose: bool = False) -> dict[str, tuple[float, float]]:
+        """``{tensor: (lo, hi)}`` for every float tensor, ``lo <= 0 <= hi``, finite; repeatable."""
         if self.samples == 0:
             raise CalibrationError("compute_range() before collect_data(): give the calibrator some samples first")
         ranges = {n: obs.range() for n, obs in self._observers.items()}
@@ -110,3 +127,22 @@ class Calibrator:
             for n, (lo, hi) in ranges.items():
                 print(f"{n}: [{lo:.6g}, {hi:.6g}]")
         return ranges
+
+
+@contextmanager
+def _progress_bar(enabled: bool, description: str, total: int | None) -> Iterator[Callable[[], None]]:
+    """A transient rich progress bar on stderr, or a no-op when disabled or not on a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    if total is not None:
+        columns.append(TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)

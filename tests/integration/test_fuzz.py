@@ -218,7 +218,7 @@ def compiler_wrong_tensors(rng: np.random.Generator, f: Fuzzed) -> Frames:
 def daemon_wrong_tensors(rng: np.random.Generator, f: Fuzzed, handle: str) -> Frames:
     """Well-formed RUN/OPEN/HEARTBEAT/CLOSE requests with wrong tensors or handles."""
     rid = int(rng.integers(1, 2**31))
-    spec = f.program.npu_inputs[0]
+    spec = f.program.stages[0].device_inputs[0]
     right = np.zeros(spec.shape, spec.dtype)
     which = int(rng.integers(0, 10))
     if which <= 4:
@@ -257,7 +257,7 @@ def daemon_wrong_tensors(rng: np.random.Generator, f: Fuzzed, handle: str) -> Fr
 
 
 def templates_for(f: Fuzzed, kind: str, handle: str) -> list[Frames]:
-    spec = f.program.npu_inputs[0]
+    spec = f.program.stages[0].device_inputs[0]
     common = [wire(Message(Kind.HEALTH, 1)), wire(Message(Kind.STATS, 2, {}, [], TRACEPARENT))]
     if kind == "compiler":
         return common + [
@@ -415,7 +415,7 @@ HANDLE_PLACEHOLDER = "5ca1ab1e" * 4
 def test_daemon_survives_barrage(fuzzed: Fuzzed) -> None:
     child = fuzzed.child("daemon")
     endpoint = child.endpoint
-    spec = fuzzed.program.npu_inputs[0]
+    spec = fuzzed.program.stages[0].device_inputs[0]
     rng = np.random.default_rng(2002)
     templates = templates_for(fuzzed, "daemon", HANDLE_PLACEHOLDER)
     kinds = [Kind.OPEN, Kind.CLOSE, Kind.RUN, Kind.HEARTBEAT, Kind.HEALTH, Kind.STATS]
@@ -463,7 +463,7 @@ def test_daemon_survives_barrage(fuzzed: Fuzzed) -> None:
         # ... and the session still computes.
         x = np.random.default_rng(3).integers(-128, 128, spec.shape).astype(spec.dtype)
         result = daemon.request(Kind.RUN, {"handle": handle}, [(spec.name, x)])
-        (out_spec,) = fuzzed.program.npu_outputs
+        (out_spec,) = fuzzed.program.stages[0].device_outputs
         assert result.tensors[0][1].shape == out_spec.shape
         assert daemon.request(Kind.CLOSE, {"handle": handle}).kind is Kind.CLOSED
     assert _stats(endpoint)["sessions"] == {}

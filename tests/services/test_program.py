@@ -1,4 +1,4 @@
-"""The compiled program container (``.enf``): round trip and every refusal as InvalidModel."""
+"""The compiled program container (``.enf``, format v2): round trip and every refusal as InvalidModel."""
 
 from __future__ import annotations
 
@@ -8,53 +8,60 @@ import msgpack
 import pytest
 
 from services.errors import InvalidModel
-from services.program import FORMAT_VERSION, MAGIC, CpuOp, Program, TensorSpec, is_program
+from services.program import (
+    FORMAT_VERSION,
+    MAGIC,
+    CpuStep,
+    NpuStage,
+    NpuStep,
+    OpStep,
+    Program,
+    TensorSpec,
+    is_program,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
 PREFIX = struct.Struct("<8sHHI")  # magic, format version, reserved, header length
 
 
-def make_program(graph: bytes = b"\x08\x07onnx-graph-bytes" * 20) -> Program:
+def make_program(graph: bytes = b"\x08\x07onnx-graph-bytes" * 20, cpu_graph: bytes = b"CPUGRAPH") -> Program:
     inp = TensorSpec("input", "float32", (1, 3, 8, 8), "NCHW")
     q = TensorSpec("input_q", "int8", (1, 3, 8, 8), "NCHW", "logical", pad=-3)
-    low = TensorSpec("logits_q", "int8", (1, 1, 10, 32), "NC", "lowered", pad=41)
-    logical = TensorSpec("logits_q", "int8", (1, 10), "NC")
+    low = TensorSpec("logits_q:lowered", "int8", (1, 1, 10, 32), "NC", "lowered", pad=41)
+    logical = TensorSpec("logits_q", "int8", (1, 10), "NC", pad=41)
     out = TensorSpec("logits", "float32", (1, 10), "NC")
+    stage = NpuStage(graph, [q], [low], [q], [logical], ops=[{"op_type": "Conv", "macs": 1000, "cycles": 10.0}],
+                     estimate={"npu_ns": 1234.5, "npu_cycles": 2000, "fits_sram": True})
     return Program(
-        target="warboy-2pe",
-        batch_size=1,
-        inputs=[inp],
-        outputs=[out],
-        pre_ops=[[CpuOp("Quantize", {"scale": 0.05, "zero_point": -3}, "the NPU computes in int8")]],
-        post_ops=[[CpuOp("Unlower", {"axes": "NC", "shape": [1, 10]}, "logits are not width-major"),
-                   CpuOp("Dequantize", {"scale": 0.1, "zero_point": 41})]],
-        npu_inputs=[q],
-        npu_outputs=[low],
-        graph_inputs=[q],
-        graph_outputs=[logical],
-        npu_graph=graph,
-        npu_ops=[{"op": "Conv", "macs": 1000}, {"op": "Relu"}],
-        estimate={"npu_ns": 1234.5, "npu_cycles": 2000},
-        meta={"model": "m", "warnings": ["calibrated on random data"]},
+        target="warboy-2pe", batch_size=1, inputs=[inp], outputs=[out],
+        steps=[
+            OpStep("Quantize", {"scale": 0.05, "zero_point": -3}, "input", "input_q", "the NPU computes in int8"),
+            NpuStep(0, ["input_q"], ["logits_q:lowered"]),
+            OpStep("Unlower", {"axes": "NC", "shape": [1, 10]}, "logits_q:lowered", "logits_q_raw", "not width"),
+            CpuStep(cpu_graph, ["logits_q_raw"], ["logits_q"], [{"name": "erf", "op_type": "Erf", "reason": "no"}]),
+            OpStep("Dequantize", {"scale": 0.1, "zero_point": 41}, "logits_q", "logits"),
+        ],
+        stages=[stage], meta={"model": "m", "warnings": ["calibrated on random data"]},
     )
 
 
-def raw(header: object, graph: bytes = b"", *, version: int = FORMAT_VERSION, hlen: int | None = None,
+def raw(header: object, sections: bytes = b"", *, version: int = FORMAT_VERSION, hlen: int | None = None,
         magic: bytes = MAGIC) -> bytes:
     head = msgpack.packb(header, use_bin_type=True)
-    return PREFIX.pack(magic, version, 0, len(head) if hlen is None else hlen) + head + graph
+    return PREFIX.pack(magic, version, 0, len(head) if hlen is None else hlen) + head + sections
 
 
 def test_round_trip() -> None:
     p = make_program()
     data = p.to_bytes()
-    assert data.startswith(MAGIC)
+    assert data.startswith(MAGIC) and bytes(p) == data
     back = Program.from_bytes(data)
     assert back == p
     assert back.inputs[0].shape == (1, 3, 8, 8) and isinstance(back.inputs[0].shape, tuple)
-    assert back.npu_outputs[0].layout == "lowered" and back.npu_outputs[0].pad == 41
-    assert back.post_ops[0][1].reason == ""
+    assert back.stages[0].device_outputs[0].layout == "lowered" and back.stages[0].device_outputs[0].pad == 41
+    assert [s.kind for s in back.steps] == ["op", "npu", "op", "cpu", "op"]
+    assert back.steps[-1].reason == ""
     assert back.to_bytes() == data
 
 
@@ -64,22 +71,21 @@ def test_from_any_buffer(wrap: type) -> None:
     assert Program.from_bytes(wrap(p.to_bytes())) == p
 
 
-def test_round_trip_empty_graph_and_defaults() -> None:
-    t = TensorSpec("x", "uint8", (4,), "C")
-    p = Program("warboy", 1, [t], [t], [[]], [[]], [t], [t], [t], [t])
-    back = Program.from_bytes(p.to_bytes())
-    assert back == p and back.npu_graph == b""
-
-
-def test_graph_is_the_section_after_the_header() -> None:
-    p = make_program(graph=b"GRAPH")
-    data = p.to_bytes()
-    assert data.endswith(b"GRAPH")
+def test_graphs_are_sections_after_the_header() -> None:
+    data = make_program(graph=b"GRAPH", cpu_graph=b"CPU").to_bytes()
+    assert data.endswith(b"CPUGRAPH") or data.endswith(b"GRAPHCPU")
     _, version, _, hlen = PREFIX.unpack(data[:PREFIX.size])
     assert version == FORMAT_VERSION
     header = msgpack.unpackb(data[PREFIX.size:PREFIX.size + hlen])
     assert header["format"] == "npusim-enf"
-    assert header["sections"] == {"npu_graph": [0, 5]}
+    assert sorted(length for _, length in header["sections"]) == [3, 5]
+
+
+def test_estimate_sums_the_stages() -> None:
+    p = make_program()
+    p.stages.append(NpuStage(b"g", [], [], [], [], estimate={"npu_ns": 100.0, "fits_sram": False}))
+    assert p.estimate["npu_ns"] == pytest.approx(1334.5)
+    assert p.estimate["stages"] == 2 and p.estimate["fits_sram"] is False
 
 
 def test_tensor_spec_sizes() -> None:
@@ -117,8 +123,9 @@ def test_onnx_bytes_are_not_a_program() -> None:
 
 @pytest.mark.parametrize("keep", [-1, -10, 0.5, 0.0], ids=["minus-1", "minus-10", "half", "prefix-only"])
 def test_truncated_header(keep: float) -> None:
-    """The file ends inside the header (there is no graph section to blame)."""
-    data = make_program(graph=b"").to_bytes()
+    """The file ends inside the header (the sections come after it)."""
+    p = make_program(graph=b"", cpu_graph=b"")
+    data = p.to_bytes()
     hlen = len(data) - PREFIX.size
     end = len(data) + int(keep) if keep < 0 else PREFIX.size + int(hlen * keep)
     with pytest.raises(InvalidModel, match="header is cut off"):
@@ -130,18 +137,17 @@ def test_header_length_beyond_the_file() -> None:
         Program.from_bytes(raw(make_program().header(), hlen=2**32 - 1))
 
 
-@pytest.mark.parametrize("cut", [1, 50, 399])
+@pytest.mark.parametrize("cut", [1, 50, 200])
 def test_truncated_graph_section(cut: int) -> None:
-    p = make_program(graph=bytes(range(200)) * 2)
-    data = p.to_bytes()
-    with pytest.raises(InvalidModel, match="NPU graph section is cut off"):
+    data = make_program(graph=bytes(range(200)) * 2).to_bytes()
+    with pytest.raises(InvalidModel, match="section is cut off"):
         Program.from_bytes(data[:-cut])
 
 
 def test_section_pointing_past_the_end() -> None:
     h = make_program().header()
-    h["sections"] = {"npu_graph": [10, 5]}
-    with pytest.raises(InvalidModel, match="NPU graph section is cut off"):
+    h["sections"] = [[10, 5], [0, 1]]
+    with pytest.raises(InvalidModel, match="section is cut off"):
         Program.from_bytes(raw(h, b"0123456789abc"))
 
 
@@ -150,6 +156,13 @@ def test_newer_format_version(version: int) -> None:
     data = bytearray(make_program().to_bytes())
     struct.pack_into("<H", data, 8, version)
     with pytest.raises(InvalidModel, match=f"format v{version} is newer"):
+        Program.from_bytes(bytes(data))
+
+
+def test_older_format_version_asks_to_recompile() -> None:
+    data = bytearray(make_program().to_bytes())
+    struct.pack_into("<H", data, 8, 1)
+    with pytest.raises(InvalidModel, match="recompile"):
         Program.from_bytes(bytes(data))
 
 
@@ -181,32 +194,35 @@ def _header_with(**changes: object) -> dict[str, object]:
     return h
 
 
+def _sections() -> bytes:
+    p = make_program()
+    return p.stages[0].graph + p.steps[3].graph  # type: ignore[union-attr]
+
+
 BAD_FIELDS = {
     "no-sections": _header_with(sections=KeyError),
-    "sections-not-map": _header_with(sections=[0, 0]),
-    "section-not-pair": _header_with(sections={"npu_graph": [0, 0, 0]}),
-    "section-int": _header_with(sections={"npu_graph": 5}),
+    "sections-not-list": _header_with(sections={"npu_graph": [0, 0]}),
+    "section-not-pair": _header_with(sections=[[0, 0, 0]]),
+    "section-negative": _header_with(sections=[[-1, 5], [0, 1]]),
     "no-target": _header_with(target=KeyError),
     "no-inputs": _header_with(inputs=KeyError),
     "inputs-not-list": _header_with(inputs=5),
     "spec-not-map": _header_with(outputs=[[1, 2]]),
-    "spec-missing-name": _header_with(npu_inputs=[{"dtype": "int8", "shape": [1], "axes": "C"}]),
-    "spec-shape-int": _header_with(graph_outputs=[{"name": "x", "dtype": "int8", "shape": 3, "axes": "C"}]),
+    "spec-shape-int": _header_with(outputs=[{"name": "x", "dtype": "int8", "shape": 3, "axes": "C"}]),
     "batch-size-str": _header_with(batch_size="one"),
     "batch-size-nan": _header_with(batch_size=float("nan")),
-    "pre-ops-not-nested": _header_with(pre_ops=[{"op": "Pad"}]),
-    "cpu-op-missing-op": _header_with(post_ops=[[{"attrs": {}}]]),
-    "estimate-not-map": _header_with(estimate="fast"),
-    "npu-ops-int": _header_with(npu_ops=3),
+    "batch-size-inf": _header_with(batch_size=float("inf")),
+    "steps-not-list": _header_with(steps=3),
+    "step-unknown-kind": _header_with(steps=[{"kind": "gpu"}]),
+    "step-missing-field": _header_with(steps=[{"kind": "op", "op": "Pad"}]),
+    "step-bad-stage": _header_with(steps=[{"kind": "npu", "stage": 7, "inputs": [], "outputs": []}]),
+    "step-bad-section": _header_with(steps=[{"kind": "cpu", "graph": 9, "inputs": [], "outputs": [], "ops": []}]),
+    "stages-not-list": _header_with(stages="x"),
+    "stage-missing-specs": _header_with(stages=[{"graph": 0}]),
 }
 
 
 @pytest.mark.parametrize("header", BAD_FIELDS.values(), ids=BAD_FIELDS.keys())
 def test_header_with_bad_fields(header: dict[str, object]) -> None:
-    with pytest.raises(InvalidModel, match="corrupt .enf header"):
-        Program.from_bytes(raw(header, make_program().npu_graph))
-
-
-def test_infinite_batch_size_is_invalid_model() -> None:
-    with pytest.raises(InvalidModel):
-        Program.from_bytes(raw(_header_with(batch_size=float("inf")), make_program().npu_graph))
+    with pytest.raises(InvalidModel, match="corrupt .enf header|section"):
+        Program.from_bytes(raw(header, _sections()))

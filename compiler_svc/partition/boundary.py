@@ -1,0 +1,138 @@
+"""The type conversions at the program's edges: host Quantize before, host Dequantize after.
+
+- a float input quantised by a QuantizeLinear → host ``Quantize`` (float32 → int8);
+- a uint8 input (``with_quantize=False``) → host ``QuantizeUint8``, a shift by 128;
+- an output made by a DequantizeLinear → host ``Dequantize`` (int8 → float32);
+- a uint8/int8 output (``normalized_pixel_outputs``, ``convert_output_type``) → nothing.
+
+The QDQ nodes these replace are cut out of the graph; what remains computes on the int8
+tensors the host operators produce and consume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from compiler_svc.support import GraphInfo
+from services.errors import InvalidModel
+from services.program import OpStep
+
+__all__ = ["Edge", "convert_inputs", "convert_outputs", "zero_point"]
+
+_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8"}
+
+
+@dataclass
+class Edge:
+    """One program input or output: its user-facing name/dtype/shape, the host operator that
+    converts it (if any), and the tensor inside the graph it becomes (or comes from)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    op: OpStep | None
+    inner: str  # the graph tensor on the other side of ``op`` (== name when there is no op)
+    inner_dtype: str
+    source_axes: str | None = None  # NHWC when the host holds ``inner`` transposed (see convert_inputs)
+
+
+def _scalar(g: GraphInfo, name: str) -> float | int:
+    arr = g.consts.get(name)
+    if arr is None or arr.size != 1:
+        raise InvalidModel(f"{name!r} must be a per-tensor constant at the program boundary")
+    return arr.reshape(()).item()
+
+
+def zero_point(g: GraphInfo, nodes: list[onnx.NodeProto], tensor: str) -> int:
+    """The zero point of a quantised tensor: from the Q that makes it or a DQ that reads it."""
+    for n in nodes:
+        if n.op_type == "QuantizeLinear" and n.output[0] == tensor and len(n.input) > 2:
+            return int(_scalar(g, n.input[2]))
+    for n in nodes:
+        if n.op_type == "DequantizeLinear" and n.input[0] == tensor and len(n.input) > 2:
+            return int(_scalar(g, n.input[2]))
+    return 0
+
+
+def _dtype(vi: onnx.ValueInfoProto) -> str:
+    return _DTYPES.get(vi.type.tensor_type.elem_type, str(vi.type.tensor_type.elem_type))
+
+
+def _shape(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
+    return tuple(int(d.dim_value) for d in vi.type.tensor_type.shape.dim)
+
+
+def _only_consumer(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto | None:
+    consumers = [n for n in graph.node if tensor in n.input]
+    return consumers[0] if len(consumers) == 1 else None
+
+
+def _perm(node: onnx.NodeProto) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+
+
+def convert_inputs(m: onnx.ModelProto, g: GraphInfo) -> list[Edge]:
+    """Cut the input conversions out of ``m``; returns one Edge per program input.
+
+    A model whose first operator turns an NHWC input into NCHW keeps taking NHWC: that
+    Transpose is absorbed into the input's host Lower (the edge's ``source_axes``)."""
+    graph = m.graph
+    edges = []
+    for vi in [v for v in graph.input if v.name not in g.consts]:
+        dtype, shape = _dtype(vi), _shape(vi)
+        first = _only_consumer(graph, vi.name)
+        lead = first if first is not None and first.op_type == "Transpose" and len(shape) == 4 \
+            and _perm(first) == [0, 3, 1, 2] else None
+        entry = lead.output[0] if lead is not None else vi.name
+        one = _only_consumer(graph, entry)
+        if dtype == "float32" and one is not None and one.op_type == "QuantizeLinear":
+            op = OpStep("Quantize", {"scale": float(_scalar(g, one.input[1])),
+                                     "zero_point": int(_scalar(g, one.input[2]))}, vi.name, one.output[0],
+                        "the NPU computes in int8 and this input is float32 (quantize with with_quantize=False "
+                        "to take uint8)")
+            removed = [one]
+        elif dtype == "uint8" and one is not None and one.op_type == "DequantizeLinear":
+            q = _only_consumer(graph, one.output[0])
+            if q is None or q.op_type != "QuantizeLinear":
+                raise InvalidModel(f"uint8 input {vi.name!r} is not requantised to int8; quantize() makes this form")
+            zp_u8, zp_i8 = int(_scalar(g, one.input[2])), int(_scalar(g, q.input[2]))
+            if zp_u8 - zp_i8 != 128 or not np.isclose(_scalar(g, one.input[1]), _scalar(g, q.input[1])):
+                raise InvalidModel(f"uint8 input {vi.name!r} does not map exactly onto int8 (u8 = i8 + 128)")
+            op = OpStep("QuantizeUint8", {}, vi.name, q.output[0],
+                        "the NPU computes in int8: uint8 → int8 is a shift by 128")
+            removed = [one, q]
+        else:
+            edges.append(Edge(vi.name, dtype, shape, None, vi.name, dtype))
+            continue
+        if lead is not None:
+            removed.append(lead)
+            op = OpStep(op.op, op.attrs, op.input, f"{op.output}:nhwc", op.reason)
+        for n in removed:
+            graph.node.remove(n)
+        edges.append(Edge(vi.name, dtype, shape, op, op.output.removesuffix(":nhwc"), "int8",
+                          source_axes="NHWC" if lead is not None else None))
+    return edges
+
+
+def convert_outputs(m: onnx.ModelProto, g: GraphInfo) -> list[Edge]:
+    """Cut the output Dequantize nodes out of ``m``; returns one Edge per program output."""
+    graph = m.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    edges = []
+    for vo in graph.output:
+        dtype, shape = _dtype(vo), _shape(vo)
+        dq = producers.get(vo.name)
+        feeds_others = any(vo.name in n.input for n in graph.node)
+        if dq is not None and dq.op_type == "DequantizeLinear" and dtype == "float32" and not feeds_others:
+            op = OpStep("Dequantize", {"scale": float(_scalar(g, dq.input[1])),
+                                       "zero_point": int(_scalar(g, dq.input[2]))}, dq.input[0], vo.name,
+                        "the model's output is float32 and the NPU produces int8 (normalized_pixel_outputs "
+                        "returns uint8 instead)")
+            graph.node.remove(dq)
+            edges.append(Edge(vo.name, dtype, shape, op, dq.input[0], "int8"))
+        else:
+            edges.append(Edge(vo.name, dtype, shape, None, vo.name, dtype))
+    return edges

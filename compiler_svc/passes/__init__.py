@@ -1,0 +1,45 @@
+"""``optimize_model``: the graph clean-up before calibration, as a list of small passes.
+
+Each pass is a function ``(model, ctx) -> model`` in its own file; the order matters and
+is the list below. Constant folding, BatchNormalization fusion and Identity/Dropout removal
+are onnxruntime's basic graph optimiser (a well-kept implementation of exactly those
+rewrites); the passes around it prepare the graph for it and tidy what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import onnx
+
+from compiler_svc.passes._context import PassContext
+from compiler_svc.passes.cleanup import cleanup
+from compiler_svc.passes.lone_bn import lone_batchnorm_to_mul_add
+from compiler_svc.passes.names import name_nodes
+from compiler_svc.passes.opset import convert_opset
+from compiler_svc.passes.ort_basic import ort_basic
+from compiler_svc.passes.shapes import fix_input_shapes, infer_shapes
+
+__all__ = ["optimize_model", "PASSES"]
+
+PASSES = [convert_opset, fix_input_shapes, ort_basic, lone_batchnorm_to_mul_add, cleanup, name_nodes, infer_shapes]
+
+
+def optimize_model(model: onnx.ModelProto | bytes, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                   opset_version: int = 13) -> onnx.ModelProto:
+    """Convert to ``opset_version``, fix dynamic dims (batch → 1, others from ``input_shapes``),
+    fold constants, fuse BatchNormalization into Conv, drop Identity/Dropout, name nodes.
+
+    Returns a new model that onnx's checker accepts and that computes the same outputs.
+    """
+    if isinstance(model, (bytes, bytearray)):
+        from compiler_svc.loader import load_model
+
+        model = load_model(bytes(model))
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    ctx = PassContext(opset_version=opset_version, input_shapes=dict(input_shapes or {}))
+    for p in PASSES:
+        m = p(m, ctx)
+    onnx.checker.check_model(m)
+    return m

@@ -1,0 +1,134 @@
+"""Which operators the emulated chip runs: the published rules, as one predicate.
+
+Everything else becomes a CPU operator of the program. The quantiser leaves such nodes in
+float (they run on the host in float anyway) and the partitioner puts them in ``cpu`` steps.
+Rules (research/hardware.md): Conv with group ≤ 128 and dilation ≤ 12; Concat and Slice
+only along the height axis; Softmax and LpNormalization (p = 2) only for batch ≤ 2;
+BatchNormalization only after a Conv; SpaceToDepth only in CRD mode; int8 work only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = ["NPU_OPS", "GraphInfo", "npu_reason"]
+
+NPU_OPS = {
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish",
+    "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Mul", "Sub", "Concat", "Resize", "Flatten",
+    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Split", "Slice", "Softmax", "LpNormalization",
+    "SpaceToDepth", "DepthToSpace", "BatchNormalization",
+}
+"""Operator types with an int8 NPU implementation; the rules below restrict some of them."""
+
+HEIGHT = 2  # the height axis of an NCHW tensor
+
+
+@dataclass
+class GraphInfo:
+    """What the rules need to know about a graph: static shapes, producers, constants."""
+
+    shapes: dict[str, tuple[int, ...]]
+    producers: dict[str, onnx.NodeProto]
+    consts: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> GraphInfo:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
+        consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        shapes.update({k: v.shape for k, v in consts.items()})
+        producers = {o: n for n in model.graph.node for o in n.output}
+        return cls(shapes, producers, consts)
+
+    def rank(self, tensor: str) -> int:
+        return len(self.shapes.get(tensor, ()))
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _conv(node: onnx.NodeProto, g: GraphInfo) -> str | None:
+    group = int(_attr(node, "group", 1))  # type: ignore[arg-type]
+    if group > 128:
+        return f"group={group}: the NPU accelerates Conv only with group ≤ 128"
+    dil = list(_attr(node, "dilations", [1]))  # type: ignore[arg-type]
+    if max(dil) > 12:
+        return f"dilation {max(dil)}: the NPU accelerates Conv only with dilation ≤ 12"
+    return None
+
+
+def _concat(node: onnx.NodeProto, g: GraphInfo) -> str | None:
+    rank = g.rank(node.output[0]) or g.rank(node.input[0])
+    axis = int(_attr(node, "axis", 0))  # type: ignore[arg-type]
+    axis = axis + rank if axis < 0 else axis
+    if rank == 4 and axis != HEIGHT:
+        return f"Concat along axis {axis}: the NPU concatenates only along the height axis"
+    return None
+
+
+def _slice(node: onnx.NodeProto, g: GraphInfo) -> str | None:
+    rank = g.rank(node.input[0])
+    if rank != 4:
+        return None
+    starts = g.consts.get(node.input[1]) if len(node.input) > 1 else None
+    if len(node.input) > 3 and node.input[3]:
+        axes = g.consts.get(node.input[3])
+        if axes is None:
+            return "Slice with axes computed at run time is not an NPU operator"
+    else:
+        axes = np.arange(0 if starts is None else starts.size)
+    bad = sorted({int(a) + rank if a < 0 else int(a) for a in np.ravel(axes)} - {HEIGHT})
+    if bad:
+        return f"Slice along axis {bad[0]}: the NPU slices only along the height axis"
+    return None
+
+
+def _small_batch(node: onnx.NodeProto, g: GraphInfo) -> str | None:
+    n = (g.shapes.get(node.input[0]) or (1,))[0]
+    if n > 2:
+        return f"{node.op_type} on batch {n}: the NPU runs it only for batch ≤ 2"
+    if node.op_type == "LpNormalization" and int(_attr(node, "p", 2)) != 2:  # type: ignore[arg-type]
+        return "LpNormalization with p ≠ 2 is not an NPU operator"
+    return None
+
+
+def _bn(node: onnx.NodeProto, g: GraphInfo) -> str | None:
+    prev = g.producers.get(node.input[0])
+    if prev is None or prev.op_type != "Conv":
+        return "BatchNormalization runs on the NPU only right after a Conv"
+    return None
+
+
+def _space_to_depth(node: onnx.NodeProto, g: GraphInfo) -> str | None:
+    mode = _attr(node, "mode", b"DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    return None if mode == "CRD" else "SpaceToDepth runs on the NPU only in CRD mode"
+
+
+_RULES: dict[str, Callable[[onnx.NodeProto, GraphInfo], str | None]] = {
+    "Conv": _conv, "ConvTranspose": _conv, "Concat": _concat, "Slice": _slice, "Softmax": _small_batch,
+    "LpNormalization": _small_batch, "BatchNormalization": _bn, "SpaceToDepth": _space_to_depth,
+}
+
+
+def npu_reason(node: onnx.NodeProto, g: GraphInfo) -> str | None:
+    """None if the chip runs ``node``; otherwise why it becomes a CPU operator."""
+    if node.domain not in ("", "ai.onnx"):
+        return f"{node.domain}.{node.op_type} is not an NPU operator"
+    if node.op_type not in NPU_OPS:
+        return f"{node.op_type} is not an NPU operator"
+    rule = _RULES.get(node.op_type)
+    return rule(node, g) if rule else None
