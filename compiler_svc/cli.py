@@ -85,19 +85,35 @@ class _ProgressStages(Stages):
         self.status.update(f"[bold]compiling[/bold]: {name} …")
         with super().stage(name):
             yield
-        console.print(f"  [green]✓[/green] {name:<10} {self.seconds[name]:7.2f} s")
+        console.print(f"  [green]✓[/green] {name:<14} {self.seconds[name]:7.2f} s")
+
+
+def parse_input_shapes(items: list[str]) -> dict[str, list[int]]:
+    """``NAME=1,3,224,224`` items → {NAME: [1, 3, 224, 224]}."""
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not name or not shapes.get(name):
+            raise InvalidInput(f"--input-shape {item!r}: write NAME=D0,D1,... e.g. input=1,3,224,224")
+    return shapes
 
 
 def compile_cmd(*, model: Path, output: Path | None, target_npu: str, batch_size: int, compiler_config: Path | None,
                 calibration_method: str, calibration_data: str | None, calibration_samples: int,
-                with_quantize: bool, normalized_pixel_outputs: list[int], no_cache: bool) -> Path:
+                with_quantize: bool, normalized_pixel_outputs: list[int], no_cache: bool,
+                input_shape: list[str] | None = None) -> Path:
     data = read_model(model)
     out = output or model.with_suffix(".enf")
     options = CompileOptions(target_npu=target_npu, batch_size=batch_size,
                              compiler_config=load_compiler_config(compiler_config),
                              calibration_method=calibration_method, calibration_samples=calibration_samples,
                              with_quantize=with_quantize, normalized_pixel_outputs=list(normalized_pixel_outputs),
-                             auto_quantize=calibration_data == "random")
+                             auto_quantize=calibration_data == "random",
+                             input_shapes=parse_input_shapes(input_shape or []))
     options.validate()
     samples = None
     if calibration_data not in (None, "random"):

@@ -32,9 +32,11 @@ class CompilerConfig:
     @classmethod
     def parse(cls, raw: dict[str, Any] | None, *, inputs: list[tuple[str, int]] | None = None) -> CompilerConfig:
         """Validate ``raw``; ``inputs`` (name, rank) lets ``permute_input`` be checked too."""
-        raw = dict(raw or {})
+        if raw is None:
+            raw = {}
         if not isinstance(raw, dict):
-            raise InvalidCompilerConfig("compiler_config must be a mapping of option name to value")
+            raise InvalidCompilerConfig(f"compiler_config must be a mapping of option name to value, got "
+                                        f"{type(raw).__name__}")
         for key, value in raw.items():
             want = EFFECTIVE.get(key) or ACCEPTED.get(key)
             if want is None:

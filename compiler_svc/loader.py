@@ -9,7 +9,9 @@ from services.errors import InvalidModel
 
 __all__ = ["load_model", "opset_of", "OPSET_RANGE"]
 
-OPSET_RANGE = (11, 17)
+OPSET_RANGE = (11, 21)
+"""Opsets npusim reads: 11–17 as exporters' classic range, 18–21 as torch's default (dynamo)
+exporter writes them; optimize_model brings every one to the target opset where it can."""
 
 
 def load_model(data: bytes) -> onnx.ModelProto:
@@ -18,7 +20,10 @@ def load_model(data: bytes) -> onnx.ModelProto:
     try:
         model = onnx.load_from_string(bytes(data))
     except (DecodeError, ValueError, RuntimeError) as e:
-        hint = "the file looks truncated" if "runcated" in str(e) else "it is not an ONNX protobuf"
+        # A ModelProto starts with its ir_version (field 1, varint): a file that does too but
+        # does not parse is most likely cut off rather than something else entirely.
+        looks_onnx = len(data) > 16 and data[0] == 0x08 and data[1] < 0x80
+        hint = "the file looks truncated or corrupt" if looks_onnx else "it is not an ONNX protobuf"
         raise InvalidModel(f"cannot parse the model ({len(data)} bytes): {hint} ({e}). "
                            "Pass an .onnx file, its bytes, or an .enf program") from None
     if not model.graph.node:

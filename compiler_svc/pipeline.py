@@ -26,7 +26,7 @@ from compiler_svc.config import CompilerConfig
 from compiler_svc.editor import get_pure_input_names
 from compiler_svc.loader import load_model
 from compiler_svc.partition import build_program
-from compiler_svc.passes import optimize_model
+from compiler_svc.passes import NOTES_KEY, optimize_model
 from compiler_svc.quantize import is_quantized, quantize
 from services import __version__
 from services.errors import ConfigError, InvalidCompilerConfig, InvalidModel
@@ -52,6 +52,7 @@ class CompileOptions:
     with_quantize: bool = True
     normalized_pixel_outputs: list[int] = field(default_factory=list)
     auto_quantize: bool = True  # a float model is calibrated on random samples (session.create does this)
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)  # fixes dynamic dims other than the batch
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CompileOptions:
@@ -67,7 +68,7 @@ class CompileOptions:
 
     def validate(self) -> None:
         for name, typ in (("target_npu", str), ("calibration_method", str), ("with_quantize", bool),
-                          ("auto_quantize", bool), ("normalized_pixel_outputs", list)):
+                          ("auto_quantize", bool), ("normalized_pixel_outputs", list), ("input_shapes", dict)):
             if not isinstance(getattr(self, name), typ):
                 raise InvalidCompilerConfig(f"{name} must be {typ.__name__}, got {type(getattr(self, name)).__name__}")
         try:
@@ -137,14 +138,15 @@ def compile_model(data: bytes, options: CompileOptions | None = None, *,
     if is_quantized(model):
         qmodel = model
     else:
-        if calibration_data is None and not opts.auto_quantize:
+        if calibration_data is None and not opts.auto_quantize:  # noqa: SIM102
             raise InvalidModel(
                 "this is a float model and compiling needs a quantised one: calibrate it on real samples "
                 "(Calibrator(optimize_model(model), CalibrationMethod.MIN_MAX_ASYM).collect_data(samples)) and "
                 "quantize(model, ranges) first — or pass calibration data (npusim compile --calibration-data "
                 "DIR, or 'random' to accept poor accuracy)")
         with st.stage("optimize"):
-            model = optimize_model(model)
+            model = optimize_model(model, input_shapes=opts.input_shapes or None)
+            warnings.extend(p.value for p in model.metadata_props if p.key == NOTES_KEY)
         with st.stage("calibrate"):
             cal = Calibrator(model, CalibrationMethod[opts.calibration_method])
             if calibration_data is None:
@@ -166,7 +168,7 @@ def _partition(qmodel: onnx.ModelProto, opts: CompileOptions, st: Stages, data: 
     inits = {i.name for i in qmodel.graph.initializer}
     inputs = [(vi.name, len(vi.type.tensor_type.shape.dim)) for vi in qmodel.graph.input if vi.name not in inits]
     config = CompilerConfig.parse(opts.compiler_config, inputs=inputs)
-    with st.stage("partition"):
+    with st.stage("partition+cost"):
         meta = {"compiler": f"npusim {__version__}", "model": qmodel.graph.name or "model",
                 "source_sha256": hashlib.sha256(data).hexdigest(), "created": time.time(), "warnings": warnings}
         program = build_program(qmodel, target=resolve_target(opts.target_npu), batch_size=opts.batch_size,
@@ -185,6 +187,9 @@ def compile(graph: onnx.ModelProto | bytes, *, target_npu: str = "warboy-2pe", b
     ``bytes(program)`` is the .enf file; ``session.create`` accepts the program directly.
     """
     data = graph.SerializeToString() if isinstance(graph, onnx.ModelProto) else bytes(graph)
+    if compiler_config is not None and not isinstance(compiler_config, dict):
+        raise InvalidCompilerConfig(f"compiler_config must be a mapping of option name to value, got "
+                                    f"{type(compiler_config).__name__}")
     opts = CompileOptions(target_npu=target_npu, batch_size=batch_size, compiler_config=dict(compiler_config or {}),
                           auto_quantize=False)
     program, _ = compile_model(data, opts)

@@ -27,6 +27,7 @@ from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
 from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
+from compiler_svc.editor import _KEY as _EDITOR_KEY
 from compiler_svc.editor import edits_of, get_output_names, get_pure_input_names
 from compiler_svc.graph import toposort
 from compiler_svc.support import NPU_OPS, GraphInfo, npu_reason
@@ -37,8 +38,13 @@ __all__ = ["quantize", "is_quantized"]
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
 
 
+QUANTIZED_KEY = "npusim.quantized"
+
+
 def is_quantized(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in _QDQ or n.op_type.startswith("QLinear") for n in model.graph.node)
+    """QDQ nodes, or our marker (a model none of whose operators runs on the NPU has no QDQ)."""
+    return any(p.key == QUANTIZED_KEY for p in model.metadata_props) or any(
+        n.op_type in _QDQ or n.op_type.startswith("QLinear") for n in model.graph.node)
 
 
 def quantize(model: onnx.ModelProto | bytes, ranges: Mapping[str, Sequence[float]], *, with_quantize: bool = True,
@@ -67,10 +73,13 @@ def quantize(model: onnx.ModelProto | bytes, ranges: Mapping[str, Sequence[float
     excluded = [n.name for n in m.graph.node if npu_reason(n, info) is not None]
     if any(not n.name for n in m.graph.node):
         raise InvalidModel("every node needs a name: run optimize_model() before calibrating and quantising")
+    # onnxruntime deletes Relu/Clip under asymmetric activations, trusting each range to start at 0;
+    # symmetric ranges (the _SYM methods) clip nothing, so it must keep them.
+    symmetric = all(np.isclose(-float(d.range_value[0]), float(d.range_value[1])) for d in data.values())
     quantizer = QDQQuantizer(
         m, True, False, QuantType.QInt8, QuantType.QInt8, TensorsData(OrtMethod.MinMax, data),
         [], excluded, sorted(NPU_OPS - {"BatchNormalization"}),
-        {"ActivationSymmetric": False, "WeightSymmetric": True},
+        {"ActivationSymmetric": symmetric, "WeightSymmetric": True},
     )
     q = quantizer.quantize_model()
     for name in uint8_inputs:
@@ -79,8 +88,11 @@ def quantize(model: onnx.ModelProto | bytes, ranges: Mapping[str, Sequence[float
         _typed_output(q, name, str(spec["type"]), spec.get("range"))  # type: ignore[arg-type]
     toposort(q.graph)
     q.producer_name = "npusim.quantizer"
+    keep = [(p.key, p.value) for p in q.metadata_props if p.key not in (_EDITOR_KEY, QUANTIZED_KEY)]
     del q.metadata_props[:]
-    onnx.checker.check_model(q)
+    for key, value in keep + [(QUANTIZED_KEY, "1")]:
+        q.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(q, full_check=True)
     return q.SerializeToString()
 
 
@@ -94,7 +106,9 @@ def _tensor_ranges(m: onnx.ModelProto, ranges: Mapping[str, Sequence[float]]) ->
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
             raise CalibrationError(f"range of {name!r} is not a finite (min <= max) pair: {rng!r}")
         data[name] = TensorData(lowest=np.float32(min(lo, 0.0)), highest=np.float32(max(hi, 0.0)))
-    missing = [n for n in get_pure_input_names(m) + get_output_names(m) if n not in data]
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(m.graph.input) + list(m.graph.output)}
+    floats = [n for n in get_pure_input_names(m) + get_output_names(m) if types.get(n) == onnx.TensorProto.FLOAT]
+    missing = [n for n in floats if n not in data]
     if missing:
         raise CalibrationError(f"ranges lack the graph inputs/outputs {missing}; pass the ranges "
                                "Calibrator.compute_range() returned for this model")
@@ -146,7 +160,15 @@ def _typed_output(q: onnx.ModelProto, name: str, kind: str, rng: Sequence[float]
     qn = next((n for n in g.node if dq.input[0] in n.output and n.op_type == "QuantizeLinear"), None)
     if qn is None:
         raise InvalidModel(f"output {name!r} has no QuantizeLinear before its DequantizeLinear")
-    g.node.remove(dq)
+    if any(name in n.input for n in g.node):  # later operators read it too: they keep a float copy
+        inner = f"{name}_float"
+        for n in g.node:
+            for i, t in enumerate(n.input):
+                if t == name:
+                    n.input[i] = inner
+        dq.output[0] = inner
+    else:
+        g.node.remove(dq)
     if kind == "int8" and rng is None:
         g.node.append(helper.make_node("Identity", [dq.input[0]], [name], name=f"{name}_int8"))
     else:

@@ -5,6 +5,9 @@ float (they run on the host in float anyway) and the partitioner puts them in ``
 Rules (research/hardware.md): Conv with group ≤ 128 and dilation ≤ 12; Concat and Slice
 only along the height axis; Softmax and LpNormalization (p = 2) only for batch ≤ 2;
 BatchNormalization only after a Conv; SpaceToDepth only in CRD mode; int8 work only.
+
+ONNX's SpaceToDepth has no mode attribute (its inverse, DepthToSpace, has DCR and CRD), so the
+CRD rule is checked on DepthToSpace, the operator that carries the mode.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ NPU_OPS = {
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish",
     "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Mul", "Sub", "Concat", "Resize", "Flatten",
     "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Split", "Slice", "Softmax", "LpNormalization",
-    "SpaceToDepth", "DepthToSpace", "BatchNormalization",
+    "SpaceToDepth", "DepthToSpace", "BatchNormalization", "Identity",
 }
 """Operator types with an int8 NPU implementation; the rules below restrict some of them."""
 
@@ -112,15 +115,15 @@ def _bn(node: onnx.NodeProto, g: GraphInfo) -> str | None:
     return None
 
 
-def _space_to_depth(node: onnx.NodeProto, g: GraphInfo) -> str | None:
+def _crd_only(node: onnx.NodeProto, g: GraphInfo) -> str | None:
     mode = _attr(node, "mode", b"DCR")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    return None if mode == "CRD" else "SpaceToDepth runs on the NPU only in CRD mode"
+    return None if mode == "CRD" else f"{node.op_type} runs on the NPU only in CRD mode"
 
 
 _RULES: dict[str, Callable[[onnx.NodeProto, GraphInfo], str | None]] = {
     "Conv": _conv, "ConvTranspose": _conv, "Concat": _concat, "Slice": _slice, "Softmax": _small_batch,
-    "LpNormalization": _small_batch, "BatchNormalization": _bn, "SpaceToDepth": _space_to_depth,
+    "LpNormalization": _small_batch, "BatchNormalization": _bn, "DepthToSpace": _crd_only,
 }
 
 

@@ -126,13 +126,14 @@ def compile_(
     calibration_samples: int = typer.Option(8, help="random samples to calibrate on with --calibration-data random"),
     with_quantize: bool = typer.Option(True, "--with-quantize/--no-with-quantize", help="--no-with-quantize: uint8 input"),
     normalized_pixel_outputs: list[int] = typer.Option([], help="output index to return as uint8 (repeatable)"),
+    input_shape: list[str] = typer.Option([], help="NAME=D0,D1,... fixes a dynamic input dimension (repeatable)"),
     no_cache: bool = typer.Option(False, help="compile even if the program cache has this program"),
 ) -> None:
     """Compile an ONNX model into an .enf program, stage by stage."""
     _call("compiler_svc.cli:compile_cmd", model=model, output=output, target_npu=target_npu, batch_size=batch_size,
           compiler_config=compiler_config, calibration_method=calibration_method, calibration_data=calibration_data,
           calibration_samples=calibration_samples, with_quantize=with_quantize,
-          normalized_pixel_outputs=normalized_pixel_outputs, no_cache=no_cache)
+          normalized_pixel_outputs=normalized_pixel_outputs, no_cache=no_cache, input_shape=input_shape)
 
 
 @app.command()

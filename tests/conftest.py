@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import RunningStack, start_stack
+from tests.helpers import RunningStack, short_dir, start_stack
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +37,10 @@ def use_stack(stack: RunningStack, monkeypatch: pytest.MonkeyPatch) -> RunningSt
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def ipc_dir() -> Iterator[Path]:
+    """A short private directory for ipc sockets (socket paths are limited to 107 bytes)."""
+    with short_dir() as d:
+        yield d

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from services import launch
+from services.server import Service
 
 
 @dataclass
@@ -75,3 +77,27 @@ def wait_until(pred: Callable[[], bool], timeout_s: float, interval_s: float = 0
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def short_dir(prefix: str = "npt-") -> Iterator[Path]:
+    """A private temp directory under /tmp, short enough for ipc socket paths (≤ 107 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(svc: Service) -> Iterator[threading.Thread]:
+    """Run ``svc`` on a thread for the block; stop and join it afterwards."""
+    t = threading.Thread(target=svc.serve_forever, name=f"test-{svc.name}", daemon=True)
+    t.start()
+    try:
+        yield t
+    finally:
+        if t.is_alive():
+            svc.stop()
+        t.join(10)
+        assert not t.is_alive(), f"{svc.name}: the service loop did not stop"

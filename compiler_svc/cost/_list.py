@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compiler_svc.cost.rules import Rule, conv, eltwise, free, gemm, move, pool
+from compiler_svc.cost.rules import Rule, conv, eltwise, free, gemm, move, pool, reduce
 
 RULES: dict[str, Rule] = {
     "Conv": conv, "ConvTranspose": conv,
@@ -10,7 +10,9 @@ RULES: dict[str, Rule] = {
     "MaxPool": pool, "AveragePool": pool, "GlobalAveragePool": pool, "GlobalMaxPool": pool,
     "Relu": eltwise, "Clip": eltwise, "LeakyRelu": eltwise, "Sigmoid": eltwise, "HardSigmoid": eltwise,
     "HardSwish": eltwise, "Add": eltwise, "Mul": eltwise, "Sub": eltwise, "Div": eltwise,
+    "Tanh": eltwise, "Softmax": reduce, "LpNormalization": reduce,
     "Transpose": move, "Concat": move, "Resize": move, "Pad": move, "Slice": move, "Split": move,
+    "SpaceToDepth": move, "DepthToSpace": move,
     "Reshape": free, "Flatten": free, "Squeeze": free, "Unsqueeze": free, "Identity": free,
 }
 """Quantize/DequantizeLinear are absent on purpose: the chip fuses them into int8 kernels."""

@@ -53,6 +53,12 @@ def eltwise(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Wo
                 out_bytes=shapes.bytes(node.output[0]))
 
 
+def reduce(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
+    """Softmax / LpNormalization: a reduction pass and a scaling pass over the tensor."""
+    return Work(vector_ops=3 * math.prod(shapes.of(node.output[0])), in_bytes=shapes.bytes(node.input[0]),
+                out_bytes=shapes.bytes(node.output[0]))
+
+
 def move(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
     """Data movement (Transpose, Concat, Resize, Pad, Slice): one pass over the output."""
     return Work(vector_ops=math.prod(shapes.of(node.output[0])),

@@ -21,7 +21,7 @@ from compiler_svc.config import CompilerConfig
 from compiler_svc.cost import estimate
 from compiler_svc.graph import toposort
 from compiler_svc.partition.batch import apply_batch
-from compiler_svc.partition.boundary import Edge, convert_inputs, convert_outputs, zero_point
+from compiler_svc.partition.boundary import Edge, convert_inputs, convert_outputs, dtype_name, zero_point
 from compiler_svc.partition.layout import axes_from_consumers, axes_from_producer, place_input, place_output
 from compiler_svc.partition.permute import apply_permute
 from compiler_svc.partition.stages import Stage, connect, constant_nodes, place, schedule, subgraph
@@ -30,9 +30,6 @@ from services.hw import Target
 from services.program import CpuStep, NpuStage, NpuStep, OpStep, Program, Step, TensorSpec
 
 __all__ = ["build_program"]
-
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8"}
-
 
 @dataclass
 class _Builder:
@@ -43,6 +40,7 @@ class _Builder:
     outputs: list[Edge]
     steps: list[Step] = field(default_factory=list)
     made: dict[str, TensorSpec] = field(default_factory=dict)  # device tensors already produced by host ops
+    logical: set[str] = field(default_factory=set)  # transposed inputs already made logical for a CPU step
     notes: list[str] = field(default_factory=list)
 
     def spec(self, tensor: str, axes: str) -> TensorSpec:
@@ -51,7 +49,7 @@ class _Builder:
         if vi is None:
             raise KeyError(tensor)
         dims = tuple(int(d.dim_value) for d in vi.type.tensor_type.shape.dim)
-        dtype = _DTYPES.get(vi.type.tensor_type.elem_type, "float32")
+        dtype = dtype_name(vi.type.tensor_type.elem_type)
         return TensorSpec(tensor, dtype, dims, axes, "logical", zero_point(self.g, list(self.m.graph.node), tensor))
 
 
@@ -79,6 +77,7 @@ def build_program(qmodel: onnx.ModelProto, *, target: Target, batch_size: int, c
         if s.kind == "npu":
             npu_stages.append(_npu_stage(b, s, len(npu_stages), target, f"{meta.get('model', 'model')}_npu{k}"))
         else:
+            _logical_inputs(b, s)
             sub = subgraph(m, s, f"cpu{k}")
             ops = [{"name": n.name, "op_type": n.op_type, "reason": reason.get(n.name) or ""}
                    for n in s.nodes if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
@@ -104,6 +103,24 @@ def _source(b: _Builder, e: Edge) -> TensorSpec | None:
         return None
     zp = int(e.op.attrs.get("zero_point", -128 if e.op.op == "QuantizeUint8" else 0))
     return TensorSpec(e.op.output, "int8", e.shape, e.source_axes, "logical", zp)
+
+
+def _logical_inputs(b: _Builder, s: Stage) -> None:
+    """A host fallback step reads logical tensors: an NHWC input it reads first gets
+    Lower (from NHWC) + Unlower (to the graph's NCHW) on the host."""
+    nodes = list(b.m.graph.node)
+    for e in b.inputs:
+        source = _source(b, e)
+        if source is None or e.inner not in s.inputs or e.inner in b.logical:
+            continue
+        t = b.spec(e.inner, axes_from_consumers(nodes, e.inner, len(e.shape)))
+        placed = place_input(t, source)
+        if e.inner not in b.made:
+            b.steps.extend(placed.ops)
+            b.made[e.inner] = placed.device
+        b.steps.append(OpStep("Unlower", {"axes": t.axes, "shape": list(t.shape)}, b.made[e.inner].name, e.inner,
+                              "a CPU operator reads this NHWC input in the model's NCHW order"))
+        b.logical.add(e.inner)
 
 
 def _program_input(b: _Builder, e: Edge) -> TensorSpec:

@@ -1,7 +1,8 @@
 """``batch_size``: multiply dim 0 of every input and output.
 
 Reshape targets written for batch 1 (``[1, -1]`` from an exporter) would pin the batch, so
-a leading 1 in a constant Reshape shape becomes 0 ("copy this dim from the input").
+a leading 1 in a constant Reshape shape becomes 0 ("copy this dim from the input"); a
+Resize to fixed ``sizes`` gets the new batch in its first size.
 """
 
 from __future__ import annotations
@@ -19,14 +20,21 @@ def apply_batch(m: onnx.ModelProto, batch: int) -> onnx.ModelProto:
     g = m.graph
     inits = {i.name: i for i in g.initializer}
     for n in g.node:
-        if n.op_type != "Reshape" or n.input[1] not in inits:
+        if n.op_type == "Reshape" and n.input[1] in inits:
+            slot, shape = 1, numpy_helper.to_array(inits[n.input[1]]).copy()
+            if not (shape.size and shape[0] == 1):
+                continue
+            shape[0] = 0  # "copy dim 0 from the input"
+        elif n.op_type == "Resize" and len(n.input) > 3 and n.input[3] in inits:
+            slot, shape = 3, numpy_helper.to_array(inits[n.input[3]]).copy()
+            if not (shape.size and shape[0] == 1):
+                continue
+            shape[0] = batch  # a fixed output size names the batch too
+        else:
             continue
-        shape = numpy_helper.to_array(inits[n.input[1]]).copy()
-        if shape.size and shape[0] == 1:
-            shape[0] = 0
-            new = f"{n.input[1]}_batch_{n.name}"
-            g.initializer.append(numpy_helper.from_array(shape.astype(np.int64), new))
-            n.input[1] = new
+        new = f"{n.input[slot]}_batch_{n.name}"
+        g.initializer.append(numpy_helper.from_array(shape.astype(np.int64), new))
+        n.input[slot] = new
     for vi in list(g.input) + list(g.output):
         if vi.name in inits:
             continue

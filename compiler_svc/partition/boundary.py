@@ -20,9 +20,10 @@ from compiler_svc.support import GraphInfo
 from services.errors import InvalidModel
 from services.program import OpStep
 
-__all__ = ["Edge", "convert_inputs", "convert_outputs", "zero_point"]
+__all__ = ["Edge", "convert_inputs", "convert_outputs", "dtype_name", "zero_point"]
 
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8"}
+def dtype_name(elem_type: int) -> str:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
 
 
 @dataclass
@@ -58,7 +59,7 @@ def zero_point(g: GraphInfo, nodes: list[onnx.NodeProto], tensor: str) -> int:
 
 
 def _dtype(vi: onnx.ValueInfoProto) -> str:
-    return _DTYPES.get(vi.type.tensor_type.elem_type, str(vi.type.tensor_type.elem_type))
+    return dtype_name(vi.type.tensor_type.elem_type)
 
 
 def _shape(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
@@ -118,20 +119,35 @@ def convert_inputs(m: onnx.ModelProto, g: GraphInfo) -> list[Edge]:
 
 
 def convert_outputs(m: onnx.ModelProto, g: GraphInfo) -> list[Edge]:
-    """Cut the output Dequantize nodes out of ``m``; returns one Edge per program output."""
+    """Cut the output Dequantize nodes out of ``m``; returns one Edge per program output.
+
+    An output that later operators also read keeps a renamed DequantizeLinear for them,
+    so what leaves the NPU is still the int8 tensor and the host does the Dequantize."""
     graph = m.graph
     producers = {o: n for n in graph.node for o in n.output}
     edges = []
     for vo in graph.output:
         dtype, shape = _dtype(vo), _shape(vo)
         dq = producers.get(vo.name)
-        feeds_others = any(vo.name in n.input for n in graph.node)
-        if dq is not None and dq.op_type == "DequantizeLinear" and dtype == "float32" and not feeds_others:
+        if dq is not None and dq.op_type == "DequantizeLinear" and dtype == "float32":
             op = OpStep("Dequantize", {"scale": float(_scalar(g, dq.input[1])),
                                        "zero_point": int(_scalar(g, dq.input[2]))}, dq.input[0], vo.name,
                         "the model's output is float32 and the NPU produces int8 (normalized_pixel_outputs "
                         "returns uint8 instead)")
-            graph.node.remove(dq)
+            readers = [n for n in graph.node if vo.name in n.input]
+            if readers:
+                inner = f"{vo.name}_float"
+                for n in readers:
+                    for i, t in enumerate(n.input):
+                        if t == vo.name:
+                            n.input[i] = inner
+                dq.output[0] = inner
+                info = next((v for v in graph.value_info if v.name == vo.name), None)
+                twin = graph.value_info.add()
+                twin.CopyFrom(info if info is not None else vo)
+                twin.name = inner
+            else:
+                graph.node.remove(dq)
             edges.append(Edge(vo.name, dtype, shape, op, dq.input[0], "int8"))
         else:
             edges.append(Edge(vo.name, dtype, shape, None, vo.name, dtype))

@@ -122,8 +122,8 @@ def constant_nodes(m: onnx.ModelProto, consts: set[str]) -> dict[str, onnx.NodeP
 
 def schedule(m: onnx.ModelProto, reason: dict[str, str | None], const_nodes: dict[str, onnx.NodeProto]) -> list[Stage]:
     """Group nodes into alternating NPU/CPU stages, as few as the dependencies allow."""
-    folded = {id(n) for n in const_nodes.values()}
-    nodes = [n for n in m.graph.node if id(n) not in folded]
+    folded = {n.output[0] for n in const_nodes.values()}  # keyed by output: protobuf wrappers have no stable id
+    nodes = [n for n in m.graph.node if n.output[0] not in folded]
     made_by = {o: i for i, n in enumerate(nodes) for o in n.output}
     preds = [{made_by[t] for t in n.input if t in made_by} for n in nodes]
     succs: list[set[int]] = [set() for _ in nodes]
@@ -150,14 +150,14 @@ def schedule(m: onnx.ModelProto, reason: dict[str, str | None], const_nodes: dic
             if waiting[s] == 0:
                 ready.append(s)
     for s in stages:  # prepend the constant nodes each stage reads
-        needed: list[onnx.NodeProto] = []
+        needed: set[str] = set()
         todo = [t for n in s.nodes for t in n.input if t in const_nodes]
         while todo:
             c = const_nodes[todo.pop()]
-            if all(c is not x for x in needed):
-                needed.append(c)
+            if c.output[0] not in needed:
+                needed.add(c.output[0])
                 todo.extend(t for t in c.input if t in const_nodes)
-        s.nodes[:0] = [n for n in m.graph.node if any(n is x for x in needed)]
+        s.nodes[:0] = [n for n in m.graph.node if n.output[0] in needed]
     return stages
 
 

@@ -14,6 +14,8 @@ import onnx
 
 from compiler_svc.passes._context import PassContext
 from compiler_svc.passes.cleanup import cleanup
+from compiler_svc.passes.dropout import drop_dropout
+from compiler_svc.passes.global_pool import reduce_mean_to_global_pool
 from compiler_svc.passes.lone_bn import lone_batchnorm_to_mul_add
 from compiler_svc.passes.names import name_nodes
 from compiler_svc.passes.opset import convert_opset
@@ -22,7 +24,11 @@ from compiler_svc.passes.shapes import fix_input_shapes, infer_shapes
 
 __all__ = ["optimize_model", "PASSES"]
 
-PASSES = [convert_opset, fix_input_shapes, ort_basic, lone_batchnorm_to_mul_add, cleanup, name_nodes, infer_shapes]
+PASSES = [fix_input_shapes, name_nodes, drop_dropout, ort_basic, convert_opset, reduce_mean_to_global_pool,
+          lone_batchnorm_to_mul_add, cleanup, name_nodes, infer_shapes]
+"""The opset changes after onnxruntime has folded the graph: with static shapes the Shape
+chains that block a down-conversion are gone by then."""
+NOTES_KEY = "npusim.optimize_notes"
 
 
 def optimize_model(model: onnx.ModelProto | bytes, input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -41,5 +47,7 @@ def optimize_model(model: onnx.ModelProto | bytes, input_shapes: Mapping[str, Se
     ctx = PassContext(opset_version=opset_version, input_shapes=dict(input_shapes or {}))
     for p in PASSES:
         m = p(m, ctx)
+    if ctx.notes:
+        m.metadata_props.add(key=NOTES_KEY, value="; ".join(ctx.notes))
     onnx.checker.check_model(m)
     return m

@@ -1,19 +1,191 @@
-"""Bring the model to the target opset (models exported with opset 11–17 arrive here)."""
+"""Bring the model to the target opset (exporters write anything from opset 11 to 21).
+
+Older models go up with onnx's version converter. onnx has almost no adapters *down*, so a
+newer model (torch's classic exporter at 14–17, its default exporter at 18–21) comes down by
+this pass's own table:
+
+- an operator whose newer versions only widened its types, or added an attribute or input it
+  leaves at the default, is relabelled (``_RELABEL``);
+- Reduce operators whose ``axes`` moved from attribute to input in opset 18 get their
+  constant axes back as the attribute (``ReduceSum`` already took an input at 13);
+- HardSwish, Gelu and Mish, newer than 13, are rewritten exactly with opset-13 operators.
+
+A model that uses anything else newer than the target keeps its own opset — everything
+downstream handles it — and the pass notes why.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
 import onnx
-from onnx import version_converter
+from onnx import defs, helper, numpy_helper, version_converter
 
 from compiler_svc.loader import opset_of
 from compiler_svc.passes._context import PassContext
 from services.errors import InvalidModel
 
+log = logging.getLogger("npusim.compiler")
+
+_ABSENT = object()
+
+# op -> {attribute: the value (or _ABSENT) that keeps the opset-13 meaning}
+_RELABEL: dict[str, dict[str, object]] = {
+    **{op: {} for op in ("Add", "Sub", "Mul", "Div", "Relu", "Identity", "CumSum", "Pow", "Where", "LessOrEqual",
+                         "GreaterOrEqual", "LeakyRelu", "PRelu", "Constant", "Equal", "Size", "ConstantOfShape",
+                         "IsInf", "IsNaN", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "ReduceSum")},
+    "Reshape": {"allowzero": 0},
+    "Shape": {"start": _ABSENT, "end": _ABSENT},
+    "BatchNormalization": {"training_mode": 0},
+    "GRU": {"layout": 0}, "LSTM": {"layout": 0}, "RNN": {"layout": 0},
+    "ScatterND": {"reduction": b"none"}, "ScatterElements": {"reduction": b"none"},
+    "Cast": {"saturate": _ABSENT},
+    "AveragePool": {"dilations": _ABSENT},
+    "Resize": {"antialias": 0, "axes": _ABSENT, "keep_aspect_ratio_policy": b"stretch"},
+    "Pad": {},
+    "Split": {"num_outputs": _ABSENT},
+}
+_AXES_TO_ATTRIBUTE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+                      "ReduceLogSumExp", "ReduceSumSquare"}
+
 
 def convert_opset(m: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
-    if opset_of(m) == ctx.opset_version:
+    have, want = opset_of(m), ctx.opset_version
+    if have == want:
         return m
-    try:
-        return version_converter.convert_version(m, ctx.opset_version)
-    except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
-        raise InvalidModel(f"cannot convert the model from opset {opset_of(m)} to {ctx.opset_version}: {e}") from None
+    if have < want:
+        try:
+            return version_converter.convert_version(m, want)
+        except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
+            raise InvalidModel(f"cannot convert the model from opset {have} to {want}: {e}") from None
+    consts = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    blockers = {f"{n.op_type}-{since}" for n, since in _newer(m, have, want) if not _convertible(n, since, consts)}
+    if blockers:
+        ctx.notes.append(f"kept opset {have}: {', '.join(sorted(blockers))} have no opset-{want} form")
+        log.info("keeping opset %d (%s have no opset-%d form)", have, ", ".join(sorted(blockers)), want)
+        return m
+    newer = {n.name or n.output[0] for n, _ in _newer(m, have, want)}  # protobuf wrappers have no stable id()
+    nodes: list[onnx.NodeProto] = []
+    for n in m.graph.node:
+        if n.op_type in _EXPAND:
+            nodes.extend(_EXPAND[n.op_type](n))
+        elif n.op_type in _AXES_TO_ATTRIBUTE and len(n.input) > 1:
+            nodes.append(_axes_attribute(n, consts))
+        else:
+            if (n.name or n.output[0]) in newer:
+                _strip_new_attributes(n, want)
+            nodes.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    for imp in m.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = want
+    return m
+
+
+def _newer(m: onnx.ModelProto, have: int, want: int) -> list[tuple[onnx.NodeProto, int]]:
+    out = []
+    for n in m.graph.node:
+        if n.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            since = defs.get_schema(n.op_type, have).since_version
+        except Exception:  # noqa: BLE001 - an unknown operator: onnxruntime will name it
+            continue
+        if since > want:
+            out.append((n, since))
+    return out
+
+
+def _convertible(n: onnx.NodeProto, since: int, consts: dict[str, np.ndarray]) -> bool:
+    if n.op_type in _EXPAND:
+        return n.op_type != "Gelu" or _attr(n, "approximate", b"none") in (b"none", b"tanh")
+    if n.op_type in _AXES_TO_ATTRIBUTE:
+        return len(n.input) < 2 or not n.input[1] or n.input[1] in consts
+    if n.op_type not in _RELABEL:
+        return False
+    for name, required in _RELABEL[n.op_type].items():
+        actual = _attr(n, name, _ABSENT)
+        if actual is _ABSENT or actual == required:
+            continue  # absent means ONNX's default, which is the opset-13 meaning
+        if name == "allowzero" and n.input[1] in consts and 0 not in consts[n.input[1]]:
+            continue  # allowzero only matters for zeros in the shape, and this constant shape has none
+        if name == "dilations" and all(int(d) == 1 for d in actual):  # type: ignore[union-attr]
+            continue
+        if name == "saturate":
+            continue  # only float8 casts saturate, and opset 13 has no float8
+        return False
+    if n.op_type == "BatchNormalization" and len(n.output) > 1:
+        return False
+    if n.op_type == "Pad" and (len(n.input) > 3 and n.input[3] or _attr(n, "mode", b"constant") == b"wrap"):
+        return False
+    if n.op_type == "Resize" and _attr(n, "coordinate_transformation_mode", b"") == b"half_pixel_symmetric":
+        return False
+    return True
+
+
+def _strip_new_attributes(n: onnx.NodeProto, want: int) -> None:
+    """Drop attributes the target opset's schema lacks (they are at their defaults here)."""
+    known = set(defs.get_schema(n.op_type, want).attributes)
+    keep = [a for a in n.attribute if a.name in known]
+    del n.attribute[:]
+    n.attribute.extend(keep)
+
+
+def _attr(n: onnx.NodeProto, name: str, default: object) -> object:
+    for a in n.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _axes_attribute(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> onnx.NodeProto:
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    if n.input[1]:
+        attrs["axes"] = [int(a) for a in np.ravel(consts[n.input[1]])]
+    attrs.pop("noop_with_empty_axes", None)
+    return helper.make_node(n.op_type, [n.input[0]], list(n.output), name=n.name, **attrs)
+
+
+def _hardswish(n: onnx.NodeProto) -> list[onnx.NodeProto]:
+    gate = f"{n.output[0]}_hardsigmoid"
+    return [helper.make_node("HardSigmoid", [n.input[0]], [gate], alpha=1.0 / 6, beta=0.5, name=f"{n.name}_gate"),
+            helper.make_node("Mul", [n.input[0], gate], list(n.output), name=n.name or f"{n.output[0]}_mul")]
+
+
+def _gelu(n: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """0.5·x·(1 + erf(x/√2)), or the tanh approximation when the node asks for it."""
+    x, y, p = n.input[0], n.output[0], n.name or n.output[0]
+    c = lambda name, v: helper.make_node("Constant", [], [f"{p}_{name}"], value=helper.make_tensor(  # noqa: E731
+        f"{p}_{name}_v", onnx.TensorProto.FLOAT, [], [v]), name=f"{p}_{name}_c")
+    if _attr(n, "approximate", b"none") == b"tanh":
+        return [c("k", math.sqrt(2 / math.pi)), c("a", 0.044715), c("half", 0.5), c("one", 1.0),
+                helper.make_node("Mul", [x, x], [f"{p}_x2"], name=f"{p}_x2"),
+                helper.make_node("Mul", [f"{p}_x2", x], [f"{p}_x3"], name=f"{p}_x3"),
+                helper.make_node("Mul", [f"{p}_x3", f"{p}_a"], [f"{p}_ax3"], name=f"{p}_ax3"),
+                helper.make_node("Add", [x, f"{p}_ax3"], [f"{p}_in"], name=f"{p}_in"),
+                helper.make_node("Mul", [f"{p}_in", f"{p}_k"], [f"{p}_kin"], name=f"{p}_kin"),
+                helper.make_node("Tanh", [f"{p}_kin"], [f"{p}_t"], name=f"{p}_t"),
+                helper.make_node("Add", [f"{p}_t", f"{p}_one"], [f"{p}_1t"], name=f"{p}_1t"),
+                helper.make_node("Mul", [x, f"{p}_1t"], [f"{p}_x1t"], name=f"{p}_x1t"),
+                helper.make_node("Mul", [f"{p}_x1t", f"{p}_half"], [y], name=p)]
+    return [c("r2", 1 / math.sqrt(2)), c("half", 0.5), c("one", 1.0),
+            helper.make_node("Mul", [x, f"{p}_r2"], [f"{p}_s"], name=f"{p}_s"),
+            helper.make_node("Erf", [f"{p}_s"], [f"{p}_e"], name=f"{p}_e"),
+            helper.make_node("Add", [f"{p}_e", f"{p}_one"], [f"{p}_1e"], name=f"{p}_1e"),
+            helper.make_node("Mul", [x, f"{p}_1e"], [f"{p}_x1e"], name=f"{p}_x1e"),
+            helper.make_node("Mul", [f"{p}_x1e", f"{p}_half"], [y], name=p)]
+
+
+def _mish(n: onnx.NodeProto) -> list[onnx.NodeProto]:
+    x, p = n.input[0], n.name or n.output[0]
+    return [helper.make_node("Softplus", [x], [f"{p}_sp"], name=f"{p}_sp"),
+            helper.make_node("Tanh", [f"{p}_sp"], [f"{p}_t"], name=f"{p}_t"),
+            helper.make_node("Mul", [x, f"{p}_t"], list(n.output), name=p)]
+
+
+_EXPAND: dict[str, Callable[[onnx.NodeProto], list[onnx.NodeProto]]] = {
+    "HardSwish": _hardswish, "Gelu": _gelu, "Mish": _mish}

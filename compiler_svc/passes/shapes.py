@@ -32,7 +32,8 @@ def fix_input_shapes(m: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
                 d.dim_value = 1  # batch: compile() scales it with batch_size
             else:
                 raise InvalidModel(f"input {vi.name!r} has a dynamic dimension {i} ({d.dim_param or '?'!r}) that "
-                                   f"cannot be fixed; pass input_shapes={{{vi.name!r}: [...]}}")
+                                   f"cannot be fixed: pass input_shapes={{{vi.name!r}: [...]}} (npusim compile "
+                                   f"--input-shape {vi.name}=D0,D1,...)")
     if shapes:
         raise InvalidModel(f"input_shapes names unknown inputs: {', '.join(shapes)}")
     # Outputs and intermediate shapes are re-derived from the fixed inputs.

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -384,12 +383,8 @@ if sys.argv[1] == "sleep":
 
 
 @pytest.fixture
-def empty_run_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="npt-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+def empty_run_dir(ipc_dir: Path) -> Path:
+    return ipc_dir
 
 
 def _embedded_env(run_dir: Path) -> dict[str, str]:

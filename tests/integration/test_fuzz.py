@@ -26,7 +26,7 @@ import zmq
 
 from services.errors import ProtocolError, ServiceError
 from services.program import Program
-from services.protocol import BODY, DTYPES, VERSION, Kind, Message, decode, encode, peek_id
+from services.protocol import BODY, DTYPES, VERSION, Kind, Message, decode, encode
 from services.rpc import Peer
 from services.zoo import small_cnn
 from tests.fuzzing import Frames, mutate, pack, perturb, pick, rand_bytes, rand_value

@@ -8,19 +8,16 @@ cleans up the processes and threads it starts.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import gc
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import traceback
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +38,6 @@ from services.errors import (
     DeviceUnavailable,
     ProtocolError,
     ServiceError,
-    ServiceUnavailable,
     SessionClosed,
     WorkerCrashed,
     from_wire,
@@ -51,37 +47,13 @@ from services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind, Me
 from services.rpc import Peer
 from services.server import Request, Service
 from services.zoo import small_cnn
-from tests.helpers import RunningStack, alive, wait_until
+from tests.helpers import RunningStack, alive, serving, wait_until
 
 X = np.zeros((1, 3, 64, 64), np.float32)
 RELEASE_AFTER_S = HEARTBEAT_INTERVAL_S * HEARTBEAT_LIVENESS  # a daemon releases a silent session after this
 
 
 # -- helpers -----------------------------------------------------------------------------
-@pytest.fixture
-def ipc_dir() -> Iterator[Path]:
-    """A short private directory for ipc sockets (socket paths are limited to 107 bytes)."""
-    d = Path(tempfile.mkdtemp(prefix="npr-", dir="/tmp"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def serving(svc: Service) -> Iterator[threading.Thread]:
-    """Run ``svc`` on a thread for the block; stop and join it afterwards."""
-    t = threading.Thread(target=svc.serve_forever, name=f"test-{svc.name}", daemon=True)
-    t.start()
-    try:
-        yield t
-    finally:
-        if t.is_alive():
-            svc.stop()
-        t.join(10)
-        assert not t.is_alive(), f"{svc.name}: the service loop did not stop"
-
-
 @functools.lru_cache(maxsize=None)
 def _program(target: str) -> bytes:
     program, _ = compile_model(small_cnn().SerializeToString(), CompileOptions(target_npu=target))

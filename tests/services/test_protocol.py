@@ -28,7 +28,7 @@ from services.protocol import (
     error_message,
     peek_id,
 )
-from tests.fuzzing import mutate, pack, perturb, pick, rand_value
+from tests.fuzzing import mutate, pack, perturb, pick
 
 pytestmark = pytest.mark.timeout(60)
 
