@@ -1,4 +1,4 @@
-"""A client worker process: CPU pre-operators → the device daemon → CPU post-operators.
+"""A client worker process: runs a program's steps — host operators, NPU stages on the daemon, CPU steps.
 
 ``python -m client._worker`` is started by a session's :class:`~client._workers.WorkerPool`.
 It connects a DEALER to the session's ROUTER and announces itself with READY; SETUP

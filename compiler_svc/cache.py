@@ -1,21 +1,52 @@
-"""Content-addressed program cache: sha256(npusim version, options, model bytes) → .enf bytes.
+"""Content-addressed program cache: a key (:func:`compiler_svc.pipeline.cache_key`) → .enf bytes.
+
+The key is a sha256 over everything a program depends on — the model bytes, the compile
+options, the npusim/onnx/onnxruntime versions, the hardware and timing constants, the
+program format version, and :func:`compiler_digest` of the compiler's own source — so an
+upgraded compiler (even an unreleased edit) never serves a program an older one made.
 
 Entries are files named by their key; a read refreshes the file's mtime, and when the
-directory outgrows its limit the least recently used entries go first.
+directory outgrows its limit the least recently used entries go first. An entry that no
+longer parses (cut off, or written by another program format) is deleted and counts as a
+miss, so the caller compiles again instead of failing.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
 import os
 from pathlib import Path
 
 from services.config import env_int
 from services.errors import ConfigError
+from services.program import Program
 
-__all__ = ["ProgramCache", "default_cache_dir"]
+__all__ = ["ProgramCache", "compiler_digest", "default_cache_dir"]
+
+log = logging.getLogger("npusim.compiler")
 
 ENV_CACHE_DIR = "NPUSIM_CACHE_DIR"
 ENV_CACHE_MAX = "NPUSIM_CACHE_MAX_BYTES"
+
+
+@functools.cache
+def compiler_digest() -> str:
+    """sha256 of the compiler's source: every .py file under compiler_svc/ and services/program.py.
+
+    The version number only moves on a release; hashing the source makes any change to a pass,
+    the partitioner or the cost model a new cache key. Computed once per process.
+    """
+    package = Path(__file__).resolve().parent
+    root = package.parent
+    files = sorted(package.rglob("*.py")) + [root / "services" / "program.py"]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -55,6 +86,27 @@ class ProgramCache:
             return None
         self.hits += 1
         return data
+
+    def load(self, key: str) -> tuple[bytes, Program] | None:
+        """The entry and its program, or None; an entry that does not parse is deleted (a miss)."""
+        data = self.get(key)
+        if data is None:
+            return None
+        try:
+            program = Program.from_bytes(data)
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, compiling again fixes it
+            log.warning("deleting unreadable program cache entry %s: %s", self._path(key), e)
+            self.discard(key)
+            self.hits -= 1
+            self.misses += 1
+            return None
+        return data, program
+
+    def discard(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("could not delete program cache entry %s: %s", self._path(key), e.strerror)
 
     def put(self, key: str, data: bytes) -> None:
         if not self.enabled or len(data) > self.max_bytes:

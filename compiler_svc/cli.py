@@ -14,10 +14,10 @@ from rich.table import Table
 
 from compiler_svc.cache import ProgramCache
 from compiler_svc.pipeline import CompileOptions, Stages, cache_key, compile_model, program_info
-from services.errors import InvalidCompilerConfig, InvalidInput
+from services.errors import InvalidCompilerConfig, InvalidInput, InvalidModel
 from services.hw import WARBOY
 from services.modelfile import read_model
-from services.program import CpuStep, NpuStep, OpStep, Program
+from services.program import CpuStep, NpuStep, OpStep, Program, is_program
 
 __all__ = ["compile_cmd", "explain", "load_calibration_data", "load_compiler_config"]
 
@@ -107,6 +107,9 @@ def compile_cmd(*, model: Path, output: Path | None, target_npu: str, batch_size
                 with_quantize: bool, normalized_pixel_outputs: list[int], no_cache: bool,
                 input_shape: list[str] | None = None) -> Path:
     data = read_model(model)
+    if is_program(data):
+        raise InvalidModel(f"{model} is already compiled (.enf): there is nothing to compile — pass it to "
+                           f"session.create or `npusim explain {model}` directly")
     out = output or model.with_suffix(".enf")
     options = CompileOptions(target_npu=target_npu, batch_size=batch_size,
                              compiler_config=load_compiler_config(compiler_config),
@@ -124,10 +127,10 @@ def compile_cmd(*, model: Path, output: Path | None, target_npu: str, batch_size
         samples = load_calibration_data(calibration_data, get_pure_input_names(onnx.load_from_string(data)))
     cache = None if no_cache else ProgramCache()
     key = cache_key(data, options) if samples is None else None
-    blob = cache.get(key) if cache is not None and key is not None else None
+    hit = cache.load(key) if cache is not None and key is not None else None  # an unreadable entry is a miss
     console.print(f"[bold]npusim compile[/bold] {model} → {out} (target {target_npu}, batch {batch_size})")
-    if blob is not None:
-        program = Program.from_bytes(blob)
+    if hit is not None:
+        blob, program = hit
         info = dict(program_info(program), stages={})
         console.print("  [green]✓[/green] served from the program cache")
     else:

@@ -95,13 +95,6 @@ class GraphIndex:
     @classmethod
     def of(cls, m: onnx.ModelProto) -> GraphIndex:
         g = m.graph
-        producers = {o: n for n in g.node for o in n.output if o}
-        consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            for t in dict.fromkeys(n.input):
-                if t:
-                    consumers.setdefault(t, []).append(n)
-        infos = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
         consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
         zps: dict[str, int] = {}
         for n in g.node:  # a tensor's zero point: from the Q that makes it, else a DQ that reads it
@@ -110,7 +103,21 @@ class GraphIndex:
         for n in g.node:
             if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in consts:
                 zps[n.output[0]] = int(np.ravel(consts[n.input[2]])[0])
-        return cls(producers, consumers, infos, consts, zps)
+        idx = cls({}, {}, {}, consts, zps)
+        idx.refresh(m)
+        return idx
+
+    def refresh(self, m: onnx.ModelProto) -> None:
+        """Re-read the structure (nodes, value infos) after a rewrite that kept the
+        initialisers; zero points are kept, so they survive cutting the boundary Q/DQ nodes."""
+        g = m.graph
+        self.producers = {o: n for n in g.node for o in n.output if o}
+        self.consumers = {}
+        for n in g.node:
+            for t in dict.fromkeys(n.input):
+                if t:
+                    self.consumers.setdefault(t, []).append(n)
+        self.infos = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
 
     def readers(self, tensor: str) -> list[onnx.NodeProto]:
         return self.consumers.get(tensor, [])

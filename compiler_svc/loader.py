@@ -6,6 +6,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from services.errors import InvalidModel
+from services.program import is_program
 
 __all__ = ["load_model", "opset_of", "OPSET_RANGE"]
 
@@ -17,6 +18,9 @@ exporter writes them; optimize_model brings every one to the target opset where 
 def load_model(data: bytes) -> onnx.ModelProto:
     if not data:
         raise InvalidModel("the model is empty (0 bytes); pass an .onnx file, its bytes, or an .enf program")
+    if is_program(data):  # checked first: an .enf is not protobuf, and "cannot parse" would mislead
+        raise InvalidModel("this is an already compiled npusim program (.enf), not an ONNX model: there is nothing "
+                           "to compile — pass it to session.create / npusim explain directly")
     try:
         model = onnx.load_from_string(bytes(data))
     except (DecodeError, ValueError, RuntimeError) as e:

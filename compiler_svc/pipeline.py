@@ -21,9 +21,10 @@ import onnx
 import onnxruntime as ort
 from opentelemetry import trace
 
-from compiler_svc.calibrate import CalibrationMethod, Calibrator
+from compiler_svc.cache import compiler_digest
+from compiler_svc.calibrate import CalibrationMethod, Calibrator, random_samples
 from compiler_svc.config import CompilerConfig
-from compiler_svc.editor import get_pure_input_names
+from compiler_svc.editor import get_output_names
 from compiler_svc.loader import load_model
 from compiler_svc.partition import build_program
 from compiler_svc.passes import NOTES_KEY, optimize_model
@@ -32,7 +33,7 @@ from services import __version__
 from services.errors import ConfigError, InvalidCompilerConfig, InvalidModel
 from services.hw import TIMING, WARBOY
 from services.hw import target as resolve_target
-from services.program import CpuStep, OpStep, Program
+from services.program import FORMAT_VERSION, CpuStep, OpStep, Program
 from services.tracing import tracer
 
 __all__ = ["CompileOptions", "compile_model", "compile", "cache_key", "program_info"]
@@ -56,6 +57,9 @@ class CompileOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CompileOptions:
+        if not isinstance(d, dict):
+            raise InvalidCompilerConfig(f"compile options must be a mapping of option name to value, got "
+                                        f"{type(d).__name__}")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise InvalidCompilerConfig(f"unknown compile option(s): {', '.join(sorted(unknown))}")
@@ -70,7 +74,9 @@ class CompileOptions:
         for name, typ in (("target_npu", str), ("calibration_method", str), ("with_quantize", bool),
                           ("auto_quantize", bool), ("normalized_pixel_outputs", list), ("input_shapes", dict)):
             if not isinstance(getattr(self, name), typ):
-                raise InvalidCompilerConfig(f"{name} must be {typ.__name__}, got {type(getattr(self, name)).__name__}")
+                raise InvalidCompilerConfig(f"{name} must be {typ.__name__}, got {type(getattr(self, name)).__name__}",
+                                            details={"option": name})
+        _check_elements(self)
         try:
             resolve_target(self.target_npu)
         except ConfigError as e:
@@ -85,12 +91,29 @@ class CompileOptions:
             raise InvalidCompilerConfig("calibration_samples must be an integer from 1 to 1024")
 
 
+def _check_elements(opts: CompileOptions) -> None:
+    """The containers' contents: a bad element would otherwise fail deep in a pass (or in the
+    cache key's JSON) with an error that does not name the option."""
+    outputs = opts.normalized_pixel_outputs
+    for i in outputs:
+        if type(i) is not int or i < 0:
+            raise InvalidCompilerConfig(f"normalized_pixel_outputs must list output indices (integers >= 0), got "
+                                        f"{i!r} in {outputs!r}", details={"option": "normalized_pixel_outputs"})
+    for name, dims in opts.input_shapes.items():
+        if not isinstance(name, str) or not isinstance(dims, list) or not dims or not all(
+                type(d) is int and d >= 1 for d in dims):
+            raise InvalidCompilerConfig(f"input_shapes must map input names to lists of positive integers like "
+                                        f"{{'input': [1, 3, 224, 224]}}, got {name!r}: {dims!r}",
+                                        details={"option": "input_shapes"})
+
+
 def cache_key(data: bytes, options: CompileOptions) -> str:
-    """sha256 of everything a program depends on: model, options, and the versions and
-    constants the compiler's result is made of (a change to any of them is a new key)."""
+    """sha256 of everything a program depends on: model, options, and the versions, constants,
+    program format and compiler source the result is made of (a change to any is a new key)."""
     h = hashlib.sha256()
     h.update(json.dumps({"npusim": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                         "hw": asdict(WARBOY), "timing": asdict(TIMING), "options": options.to_dict()},
+                         "hw": asdict(WARBOY), "timing": asdict(TIMING), "format": FORMAT_VERSION,
+                         "compiler_sha256": compiler_digest(), "options": options.to_dict()},
                         sort_keys=True).encode())
     h.update(data)
     return h.hexdigest()
@@ -113,14 +136,6 @@ class Stages:
         self.seconds[name] = time.perf_counter() - t0
 
 
-def random_samples(model: onnx.ModelProto, n: int, seed: int = 0) -> list[list[np.ndarray]]:
-    """N(0, 1) samples for every pure input, of its dtype and shape."""
-    rng = np.random.default_rng(seed)
-    shapes = {vi.name: [int(d.dim_value) for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
-    return [[rng.standard_normal(shapes[name]).astype(np.float32) for name in get_pure_input_names(model)]
-            for _ in range(n)]
-
-
 def compile_model(data: bytes, options: CompileOptions | None = None, *,
                   calibration_data: Iterable[Sequence[np.ndarray]] | None = None,
                   stages: Stages | None = None) -> tuple[Program, dict[str, Any]]:
@@ -137,21 +152,21 @@ def compile_model(data: bytes, options: CompileOptions | None = None, *,
         model = load_model(data)
     if is_quantized(model):
         qmodel = model
+        warnings.extend(_ignored_options(opts, calibration_data))
+        config = _compiler_config(qmodel, opts)
     else:
-        if calibration_data is None and not opts.auto_quantize:  # noqa: SIM102
-            raise InvalidModel(
-                "this is a float model and compiling needs a quantised one: calibrate it on real samples "
-                "(Calibrator(optimize_model(model), CalibrationMethod.MIN_MAX_ASYM).collect_data(samples)) and "
-                "quantize(model, ranges) first — or pass calibration data (npusim compile --calibration-data "
-                "DIR, or 'random' to accept poor accuracy)")
+        if calibration_data is None and not opts.auto_quantize:
+            raise InvalidModel(_float_model_message(opts))
+        _check_output_indices(model, opts.normalized_pixel_outputs)
         with st.stage("optimize"):
             model = optimize_model(model, input_shapes=opts.input_shapes or None)
             warnings.extend(p.value for p in model.metadata_props if p.key == NOTES_KEY)
+        config = _compiler_config(model, opts)  # permute_input against the input ranks, before calibrating
         with st.stage("calibrate"):
             cal = Calibrator(model, CalibrationMethod[opts.calibration_method])
             if calibration_data is None:
                 cal.collect_data(random_samples(model, opts.calibration_samples), progress=False)
-                warnings.append(f"calibrated on {opts.calibration_samples} random N(0,1) samples: accuracy on real "
+                warnings.append(f"calibrated on {opts.calibration_samples} random samples (N(0,1) for float inputs): accuracy on real "
                                 "data needs a Calibrator run on real samples and quantize() before compiling")
             else:
                 cal.collect_data(calibration_data, progress=False)
@@ -159,24 +174,67 @@ def compile_model(data: bytes, options: CompileOptions | None = None, *,
         with st.stage("quantize"):
             qmodel = onnx.load_from_string(quantize(model, ranges, with_quantize=opts.with_quantize,
                                                     normalized_pixel_outputs=opts.normalized_pixel_outputs))
-    program = _partition(qmodel, opts, st, data, warnings)
+    program = _partition(qmodel, opts, config, st, data, warnings)
     return program, dict(program_info(program), stages=st.seconds)
 
 
-def _partition(qmodel: onnx.ModelProto, opts: CompileOptions, st: Stages, data: bytes,
+def _float_model_message(opts: CompileOptions) -> str:
+    if not opts.with_quantize:
+        return ("this is a float model and compiling needs a quantised one; with_quantize=False is a quantize() "
+                "option: quantize(model, ranges, with_quantize=False) — or ModelEditor(model)"
+                ".convert_input_type(name, TensorType.UINT8) before calibrating and quantize(model, ranges) — "
+                "gives the quantised graph a uint8 input, which compile() then takes as it is")
+    return ("this is a float model and compiling needs a quantised one: calibrate it on real samples "
+            "(Calibrator(optimize_model(model), CalibrationMethod.MIN_MAX_ASYM).collect_data(samples)) and "
+            "quantize(model, ranges) first — or pass calibration data (npusim compile --calibration-data "
+            "DIR, or 'random' to accept poor accuracy)")
+
+
+def _check_output_indices(model: onnx.ModelProto, indices: list[int]) -> None:
+    """normalized_pixel_outputs against the model's outputs, before seconds of calibration."""
+    outputs = get_output_names(model)
+    for i in indices:
+        if i >= len(outputs):
+            valid = f"0–{len(outputs) - 1}" if len(outputs) > 1 else "0"
+            raise InvalidCompilerConfig(f"normalized_pixel_outputs: {i} is not an output index; the model has "
+                                        f"{len(outputs)} output(s) {outputs}, so use {valid}",
+                                        details={"option": "normalized_pixel_outputs"})
+
+
+def _ignored_options(opts: CompileOptions, calibration_data: object) -> list[str]:
+    """Warnings for the options an already quantised model makes moot (it is compiled as it is)."""
+    default = CompileOptions()
+    given = [f"{name}={getattr(opts, name)!r}" for name in
+             ("with_quantize", "normalized_pixel_outputs", "calibration_method", "calibration_samples", "input_shapes")
+             if getattr(opts, name) != getattr(default, name)]
+    if calibration_data is not None:
+        given.append("calibration data")
+    if not given:
+        return []
+    return [(f"the model is already quantised, so {', '.join(given)} had no effect: these apply when quantising "
+             "a float model (quantize(model, ranges, with_quantize=..., normalized_pixel_outputs=...), or "
+             "ModelEditor before quantize) — compile the float model to use them")]
+
+
+def _compiler_config(model: onnx.ModelProto, opts: CompileOptions) -> CompilerConfig:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [(vi.name, len(vi.type.tensor_type.shape.dim)) for vi in model.graph.input if vi.name not in inits]
+    return CompilerConfig.parse(opts.compiler_config, inputs=inputs)
+
+
+def _partition(qmodel: onnx.ModelProto, opts: CompileOptions, config: CompilerConfig, st: Stages, data: bytes,
                warnings: list[str]) -> Program:
-    inits = {i.name for i in qmodel.graph.initializer}
-    inputs = [(vi.name, len(vi.type.tensor_type.shape.dim)) for vi in qmodel.graph.input if vi.name not in inits]
-    config = CompilerConfig.parse(opts.compiler_config, inputs=inputs)
     with st.stage("partition+cost"):
         meta = {"compiler": f"npusim {__version__}", "model": qmodel.graph.name or "model",
-                "source_sha256": hashlib.sha256(data).hexdigest(), "created": time.time(), "warnings": warnings}
+                "source_sha256": hashlib.sha256(data).hexdigest(), "created": time.time(),
+                "warnings": list(warnings)}
         program = build_program(qmodel, target=resolve_target(opts.target_npu), batch_size=opts.batch_size,
                                 config=config, meta=meta)
-    for s in program.steps:
-        if isinstance(s, CpuStep):
-            for op in s.ops:
-                warnings.append(f"{op['op_type']} {op['name']!r} runs on the CPU: {op['reason']}")
+    # Which operators fell back to the CPU is known only now; the meta gets a new, complete list
+    # rather than relying on build_program keeping a reference to the one it was given.
+    fallback = [f"{op['op_type']} {op['name']!r} runs on the CPU: {op['reason']}"
+                for s in program.steps if isinstance(s, CpuStep) for op in s.ops]
+    program.meta["warnings"] = [*warnings, *fallback]
     return program
 
 
@@ -187,11 +245,9 @@ def compile(graph: onnx.ModelProto | bytes, *, target_npu: str = "warboy-2pe", b
     ``bytes(program)`` is the .enf file; ``session.create`` accepts the program directly.
     """
     data = graph.SerializeToString() if isinstance(graph, onnx.ModelProto) else bytes(graph)
-    if compiler_config is not None and not isinstance(compiler_config, dict):
-        raise InvalidCompilerConfig(f"compiler_config must be a mapping of option name to value, got "
-                                    f"{type(compiler_config).__name__}")
-    opts = CompileOptions(target_npu=target_npu, batch_size=batch_size, compiler_config=dict(compiler_config or {}),
-                          auto_quantize=False)
+    # validate() (CompilerConfig.parse) refuses a compiler_config that is not a mapping.
+    opts = CompileOptions(target_npu=target_npu, batch_size=batch_size,
+                          compiler_config={} if compiler_config is None else compiler_config, auto_quantize=False)
     program, _ = compile_model(data, opts)
     return program
 

@@ -69,6 +69,7 @@ def quantize(model: onnx.ModelProto | bytes, ranges: Mapping[str, Sequence[float
 
     m = onnx.shape_inference.infer_shapes(model)
     data = _tensor_ranges(m, ranges)
+    declared = _detach_outputs(m)
     info = GraphInfo.of(m)
     excluded = [n.name for n in m.graph.node if npu_reason(n, info) is not None]
     if any(not n.name for n in m.graph.node):
@@ -86,14 +87,61 @@ def quantize(model: onnx.ModelProto | bytes, ranges: Mapping[str, Sequence[float
         _uint8_input(q, name)
     for name, spec in out_types.items():
         _typed_output(q, name, str(spec["type"]), spec.get("range"))  # type: ignore[arg-type]
+    _restore_outputs(q, declared)
     toposort(q.graph)
     q.producer_name = "npusim.quantizer"
     keep = [(p.key, p.value) for p in q.metadata_props if p.key not in (_EDITOR_KEY, QUANTIZED_KEY)]
     del q.metadata_props[:]
     for key, value in keep + [(QUANTIZED_KEY, "1")]:
         q.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(q, full_check=True)
+    try:
+        onnx.checker.check_model(q, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise InvalidModel(f"the quantised model is not valid ONNX: {e}. Run optimize_model() on the float model "
+                           "first; if it was, the float model is malformed there") from None
     return q.SerializeToString()
+
+
+def _detach_outputs(m: onnx.ModelProto) -> list[str]:
+    """Leave each output once, and only outputs some node makes; return the declared output names.
+
+    onnxruntime's quantiser renames a graph input it quantises and then loses track of it when
+    the input is also an output, and it fails on an output listed twice. Both are the quantiser's
+    business only for outputs that nodes make; :func:`_restore_outputs` puts the list back.
+    """
+    declared = [o.name for o in m.graph.output]
+    inputs = {vi.name for vi in m.graph.input}
+    made = {o for n in m.graph.node for o in n.output}
+    keep, seen = [], set()
+    for vo in m.graph.output:
+        if vo.name in seen or (vo.name in inputs and vo.name not in made):
+            continue
+        seen.add(vo.name)
+        keep.append(vo)
+    if len(keep) != len(declared):
+        del m.graph.output[:]
+        m.graph.output.extend(keep)
+    return declared
+
+
+def _restore_outputs(q: onnx.ModelProto, declared: Sequence[str]) -> None:
+    """Re-list the outputs as the float model declared them: an output that is a graph input
+    takes the input's (possibly now uint8) type; a repeated output repeats the first's."""
+    g = q.graph
+    have = {vo.name: vo for vo in g.output}
+    have.update((vi.name, vi) for vi in g.input if vi.name not in have)
+    missing = [n for n in declared if n not in have]
+    if missing:
+        raise InvalidModel(f"outputs {missing} are neither made by a node nor graph inputs after quantisation")
+    if [vo.name for vo in g.output] == list(declared):
+        return
+    outs = []
+    for name in declared:
+        vo = onnx.ValueInfoProto()
+        vo.CopyFrom(have[name])
+        outs.append(vo)
+    del g.output[:]
+    g.output.extend(outs)
 
 
 def _tensor_ranges(m: onnx.ModelProto, ranges: Mapping[str, Sequence[float]]) -> dict[str, TensorData]:

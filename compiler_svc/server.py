@@ -18,7 +18,6 @@ from compiler_svc.cache import ProgramCache
 from compiler_svc.pipeline import CompileOptions, cache_key, compile_model, program_info
 from services import tracing
 from services.errors import NpusimError
-from services.program import Program
 from services.protocol import Kind, Message, error_message
 from services.server import Request, Service
 
@@ -52,15 +51,24 @@ class CompilerService(Service):
         return None
 
     def _work(self, req: Request, opts: CompileOptions) -> None:
+        """Serve one request from the cache, from a compile already running, or by compiling.
+
+        Every request ends in exactly one reply, whatever fails: a named error for a bad
+        model or option, an internal error with the exception's text for a bug. An exception
+        left in a worker thread would lose the request and the caller would wait forever.
+        """
         try:
             data = req.msg.tensor("model").tobytes()
             key = cache_key(data, opts)
-            cached = self.cache.get(key)
-            if cached is not None:
-                info = dict(program_info(Program.from_bytes(cached)), key=key, stages={})
-                self.reply(req, self._reply(req, cached, info, cached=True, spans=[]))
+            hit = self.cache.load(key)  # an unreadable entry is deleted: this is then a miss
+            if hit is not None:
+                blob, program = hit
+                info = dict(program_info(program), key=key, stages={})
+                self.reply(req, self._reply(req, blob, info, cached=True, spans=[]))
                 return
-        except NpusimError as e:
+        except Exception as e:  # noqa: BLE001 - NpusimError is the caller's mistake, anything else a bug
+            if not isinstance(e, NpusimError):
+                log.exception("compile request failed")
             self.reply(req, error_message(req.msg.id, e))
             return
         with self._lock:
@@ -69,40 +77,47 @@ class CompilerService(Service):
                 waiting.append(req)
                 return
             self._inflight[key] = [req]
-        parent = tracing.extract(req.msg.traceparent)
-        collect = bool(req.msg.body.get("collect"))
-        result: tuple[bytes, dict[str, Any]] | BaseException
-        with tracing.capture(collect) as spans:
-            try:
-                if parent is not None:
-                    with tracing.tracer().start_as_current_span("compile", context=parent,
-                                                                attributes={"target": opts.target_npu}):
-                        program, info = compile_model(data, opts)
-                else:
-                    program, info = compile_model(data, opts)
-                blob = program.to_bytes()
-                info["key"] = key
-                self.compiled += 1
-                result = (blob, info)
-            except NpusimError as e:
-                result = e
-            except Exception as e:  # noqa: BLE001 - report the bug to the caller
+        result: tuple[bytes, dict[str, Any], list[dict[str, Any]]] | Exception
+        try:
+            result = self._compile_now(req, data, key, opts)
+        except Exception as e:  # noqa: BLE001 - report the bug to the caller
+            if not isinstance(e, NpusimError):
                 log.exception("compile failed")
-                result = e
-        if not isinstance(result, BaseException):
-            try:
-                self.cache.put(key, result[0])
-            except OSError as e:  # a full disk costs the cache, not the compile
-                log.warning("could not write the program cache %s: %s", self.cache.directory, e)
-        records = [tracing.to_record(s) for s in spans]
+            result = e
         with self._lock:
             waiters = self._inflight.pop(key, [req])
         for r in waiters:
-            if isinstance(result, BaseException):
-                self.reply(r, error_message(r.msg.id, result))
+            try:
+                if isinstance(result, Exception):
+                    msg = error_message(r.msg.id, result)
+                else:
+                    blob, info, records = result
+                    msg = self._reply(r, blob, info, cached=r is not req, spans=records if r is req else [])
+            except Exception as e:  # noqa: BLE001 - still one reply per request
+                log.exception("could not build the compile reply")
+                msg = error_message(r.msg.id, e)
+            self.reply(r, msg)
+
+    def _compile_now(self, req: Request, data: bytes, key: str,
+                     opts: CompileOptions) -> tuple[bytes, dict[str, Any], list[dict[str, Any]]]:
+        """Compile (traced under the request's span when it has one) and store the result."""
+        parent = tracing.extract(req.msg.traceparent)
+        collect = bool(req.msg.body.get("collect"))
+        with tracing.capture(collect) as spans:
+            if parent is not None:
+                with tracing.tracer().start_as_current_span("compile", context=parent,
+                                                            attributes={"target": opts.target_npu}):
+                    program, info = compile_model(data, opts)
             else:
-                self.reply(r, self._reply(r, result[0], result[1], cached=r is not req,
-                                          spans=records if r is req else []))
+                program, info = compile_model(data, opts)
+            blob = program.to_bytes()
+            info["key"] = key
+            self.compiled += 1
+        try:
+            self.cache.put(key, blob)
+        except Exception as e:  # noqa: BLE001 - a full disk (or any cache fault) costs the cache, not the compile
+            log.warning("could not write the program cache %s: %s", self.cache.directory, e)
+        return blob, info, [tracing.to_record(s) for s in spans]
 
     @staticmethod
     def _reply(req: Request, blob: bytes, info: dict[str, Any], *, cached: bool,

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
+
+from compiler_svc.graph import GraphIndex, attr, dims
 
 __all__ = ["NPU_OPS", "GraphInfo", "npu_reason"]
 
@@ -52,22 +54,22 @@ class GraphInfo:
         producers = {o: n for n in model.graph.node for o in n.output}
         return cls(shapes, producers, consts)
 
+    @classmethod
+    def from_index(cls, idx: GraphIndex) -> GraphInfo:
+        shapes = {name: dims(vi) for name, vi in idx.infos.items()
+                  if all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)}
+        shapes.update({k: v.shape for k, v in idx.consts.items()})
+        return cls(shapes, idx.producers, idx.consts)
+
     def rank(self, tensor: str) -> int:
         return len(self.shapes.get(tensor, ()))
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _conv(node: onnx.NodeProto, g: GraphInfo) -> str | None:
-    group = int(_attr(node, "group", 1))  # type: ignore[arg-type]
+    group = int(attr(node, "group", 1))  # type: ignore[arg-type]
     if group > 128:
         return f"group={group}: the NPU accelerates Conv only with group ≤ 128"
-    dil = list(_attr(node, "dilations", [1]))  # type: ignore[arg-type]
+    dil = list(attr(node, "dilations", [1]))  # type: ignore[arg-type]
     if max(dil) > 12:
         return f"dilation {max(dil)}: the NPU accelerates Conv only with dilation ≤ 12"
     return None
@@ -75,7 +77,7 @@ def _conv(node: onnx.NodeProto, g: GraphInfo) -> str | None:
 
 def _concat(node: onnx.NodeProto, g: GraphInfo) -> str | None:
     rank = g.rank(node.output[0]) or g.rank(node.input[0])
-    axis = int(_attr(node, "axis", 0))  # type: ignore[arg-type]
+    axis = int(attr(node, "axis", 0))  # type: ignore[arg-type]
     axis = axis + rank if axis < 0 else axis
     if rank == 4 and axis != HEIGHT:
         return f"Concat along axis {axis}: the NPU concatenates only along the height axis"
@@ -103,20 +105,19 @@ def _small_batch(node: onnx.NodeProto, g: GraphInfo) -> str | None:
     n = (g.shapes.get(node.input[0]) or (1,))[0]
     if n > 2:
         return f"{node.op_type} on batch {n}: the NPU runs it only for batch ≤ 2"
-    if node.op_type == "LpNormalization" and int(_attr(node, "p", 2)) != 2:  # type: ignore[arg-type]
+    if node.op_type == "LpNormalization" and int(attr(node, "p", 2)) != 2:  # type: ignore[arg-type]
         return "LpNormalization with p ≠ 2 is not an NPU operator"
     return None
 
 
 def _bn(node: onnx.NodeProto, g: GraphInfo) -> str | None:
-    prev = g.producers.get(node.input[0])
-    if prev is None or prev.op_type != "Conv":
-        return "BatchNormalization runs on the NPU only right after a Conv"
-    return None
+    # The chip runs BatchNormalization only folded into the Conv before it, and optimize_model
+    # does that fold; one still standing had no Conv to fold into.
+    return "BatchNormalization runs on the NPU only folded into the Conv before it (optimize_model folds those)"
 
 
 def _crd_only(node: onnx.NodeProto, g: GraphInfo) -> str | None:
-    mode = _attr(node, "mode", b"DCR")
+    mode = attr(node, "mode", b"DCR")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     return None if mode == "CRD" else f"{node.op_type} runs on the NPU only in CRD mode"
 
@@ -133,5 +134,8 @@ def npu_reason(node: onnx.NodeProto, g: GraphInfo) -> str | None:
         return f"{node.domain}.{node.op_type} is not an NPU operator"
     if node.op_type not in NPU_OPS:
         return f"{node.op_type} is not an NPU operator"
+    big = next((t for t in list(node.input) + list(node.output) if t and g.rank(t) > 4), None)
+    if big is not None:
+        return f"its tensor {big!r} has rank {g.rank(big)}: the NPU's layouts hold at most 4 dimensions"
     rule = _RULES.get(node.op_type)
     return rule(node, g) if rule else None

@@ -2,7 +2,8 @@
 
 A program is a list of *steps* over named tensors, run in order by a worker:
 
-- ``op``: one host operator from the registry (Quantize, Lower, Pad, Unlower, Slice, Dequantize);
+- ``op``: one host operator from the registry (Quantize, QuantizeUint8, Lower, Pad, Unlower, Slice,
+  Dequantize);
 - ``npu``: one NPU stage — the worker sends its inputs to the device daemon, which runs it;
 - ``cpu``: operators the chip does not run, executed on the host with onnxruntime.
 
@@ -33,8 +34,17 @@ import numpy as np
 
 from services.errors import InvalidModel
 
-__all__ = ["TensorSpec", "OpStep", "CpuStep", "NpuStep", "NpuStage", "Program", "MAGIC", "FORMAT_VERSION",
-           "is_program"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "CpuStep",
+    "NpuStage",
+    "NpuStep",
+    "OpStep",
+    "Program",
+    "TensorSpec",
+    "is_program",
+]
 
 MAGIC = b"NPUSIMEF"
 FORMAT_VERSION = 2
@@ -141,6 +151,29 @@ class Program:
         out["fits_sram"] = all(s.estimate.get("fits_sram", True) for s in self.stages)
         return out
 
+    def validate(self) -> None:
+        """Every step reads only what the program's inputs or an earlier step made, and every
+        output is made: a worker running the steps in order never meets a missing tensor."""
+        have = {t.name for t in self.inputs}
+        for k, st in enumerate(self.steps):
+            if isinstance(st, OpStep):
+                reads, makes = [st.input], [st.output]
+            else:
+                reads, makes = list(st.inputs), list(st.outputs)
+            if isinstance(st, NpuStep):
+                if not 0 <= st.stage < len(self.stages):
+                    raise InvalidModel(f"corrupt program: step {k} refers to NPU stage {st.stage}")
+                stage = self.stages[st.stage]
+                if len(st.inputs) != len(stage.device_inputs) or len(st.outputs) != len(stage.device_outputs):
+                    raise InvalidModel(f"corrupt program: step {k} does not match NPU stage {st.stage}'s tensors")
+            missing = [t for t in reads if t not in have]
+            if missing:
+                raise InvalidModel(f"corrupt program: step {k} reads {missing[0]!r} before anything makes it")
+            have.update(makes)
+        missing = [t.name for t in self.outputs if t.name not in have]
+        if missing:
+            raise InvalidModel(f"corrupt program: nothing makes output {missing[0]!r}")
+
     def cpu_steps(self) -> list[OpStep | CpuStep]:
         return [s for s in self.steps if not isinstance(s, NpuStep)]
 
@@ -228,11 +261,10 @@ class Program:
             stages = [NpuStage(blobs[s["graph"]], specs(s["device_inputs"]), specs(s["device_outputs"]),
                                specs(s["graph_inputs"]), specs(s["graph_outputs"]), list(s.get("ops", [])),
                                dict(s.get("estimate", {}))) for s in h["stages"]]
-            for st in steps:
-                if isinstance(st, NpuStep) and not 0 <= st.stage < len(stages):
-                    raise InvalidModel(f"corrupt .enf header: step refers to NPU stage {st.stage}")
-            return cls(target=h["target"], batch_size=int(h["batch_size"]), inputs=specs(h["inputs"]),
-                       outputs=specs(h["outputs"]), steps=steps, stages=stages, meta=dict(h.get("meta", {})))
+            program = cls(target=h["target"], batch_size=int(h["batch_size"]), inputs=specs(h["inputs"]),
+                          outputs=specs(h["outputs"]), steps=steps, stages=stages, meta=dict(h.get("meta", {})))
+            program.validate()
+            return program
         except InvalidModel:
             raise
         except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError,

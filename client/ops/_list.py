@@ -1,4 +1,4 @@
-"""Registry of CPU operators: the names a program's ``pre_ops``/``post_ops`` may use."""
+"""Registry of host (CPU) operators: the names a program's op steps (``OpStep.op``) may use."""
 
 from __future__ import annotations
 

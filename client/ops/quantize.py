@@ -6,15 +6,23 @@ from client.ops.base import CpuOperator
 
 
 def _quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    y = np.multiply(x, np.float32(1.0 / scale), dtype=np.float32)
-    np.rint(y, out=y)
+    # Divide, not multiply by 1/scale: onnxruntime's QuantizeLinear divides, and the rounded
+    # reciprocal moves values that sit on a .5 tie (or next to one) to the other integer.
+    # One float32 buffer, every later pass in place: the only other allocation is the output.
+    y = np.empty(x.shape, dtype=np.float32)
+    np.divide(x, np.float32(scale), out=y)
+    np.rint(y, out=y)  # half to even, as onnxruntime rounds
     y += np.float32(zero_point)
     np.clip(y, -128, 127, out=y)
     return y.astype(np.int8)
 
 
 class Quantize(CpuOperator):
-    """float32 → int8 with the input tensor's calibrated scale and zero point."""
+    """float32 → int8 with the input tensor's calibrated scale and zero point.
+
+    ``clip(rint(x / scale) + zero_point, -128, 127)`` in float32 — bit for bit what
+    onnxruntime's QuantizeLinear computes, so a program's output equals the quantised model's.
+    """
 
     name = "Quantize"
     required = ("scale", "zero_point")

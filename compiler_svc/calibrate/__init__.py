@@ -14,9 +14,11 @@ module per family, each ``_ASYM``/``_SYM`` pair being one observer class with a 
 
 The histogram methods share ``histogram.py`` (a fixed-size, exactly re-binned streaming
 histogram); MSE and SQNR share the noise model in ``noise.py``; ``base.py`` holds the rules every
-range obeys (contains zero, finite, never degenerate).
+range obeys (contains zero, finite, never degenerate). ``samples.py`` makes random samples of
+each input's dtype, for compiling without real data.
 """
 
 from compiler_svc.calibrate.calibrator import CalibrationMethod, Calibrator
+from compiler_svc.calibrate.samples import random_samples
 
-__all__ = ["CalibrationMethod", "Calibrator"]
+__all__ = ["CalibrationMethod", "Calibrator", "random_samples"]

@@ -12,7 +12,7 @@ from compiler_svc.cost.work import Shapes, Work
 from services.errors import UnsupportedOperator
 from services.hw import TIMING, Target, TimingParams
 
-__all__ = ["Work", "op_work", "estimate"]
+__all__ = ["Work", "estimate", "op_work"]
 
 _FUSED = {"QuantizeLinear", "DequantizeLinear"}
 

@@ -6,16 +6,9 @@ import math
 from collections.abc import Callable
 
 import onnx
-from onnx import helper
 
 from compiler_svc.cost.work import Shapes, Work
-
-
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
+from compiler_svc.graph import attr
 
 
 def conv(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
@@ -32,7 +25,7 @@ def conv(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
 def gemm(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
     a = shapes.of(node.input[0])
     out = shapes.of(node.output[0])
-    k = a[-1] if not int(_attr(node, "transA", 0)) else a[-2]  # type: ignore[arg-type]
+    k = a[-1] if not int(attr(node, "transA", 0)) else a[-2]  # type: ignore[arg-type]
     return Work(macs=math.prod(out) * k, weight_bytes=sum(weights.get(i, 0) for i in node.input[1:]),
                 in_bytes=shapes.bytes(node.input[0]), out_bytes=shapes.bytes(node.output[0]))
 
@@ -42,7 +35,7 @@ def pool(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
     if node.op_type.startswith("Global"):
         ops = math.prod(inp)
     else:
-        kernel = _attr(node, "kernel_shape", [1])
+        kernel = attr(node, "kernel_shape", [1])
         ops = math.prod(shapes.of(node.output[0])) * math.prod(kernel)  # type: ignore[arg-type]
     return Work(vector_ops=ops, in_bytes=shapes.bytes(node.input[0]), out_bytes=shapes.bytes(node.output[0]))
 

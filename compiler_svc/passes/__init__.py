@@ -20,7 +20,12 @@ from compiler_svc.passes.lone_bn import lone_batchnorm_to_mul_add
 from compiler_svc.passes.names import name_nodes
 from compiler_svc.passes.opset import convert_opset
 from compiler_svc.passes.ort_basic import ort_basic
-from compiler_svc.passes.shapes import fix_input_shapes, infer_shapes
+from compiler_svc.passes.shapes import (
+    check_input_shapes,
+    fix_input_shapes,
+    infer_shapes,
+)
+from services.errors import InvalidModel
 
 __all__ = ["optimize_model", "PASSES"]
 
@@ -37,17 +42,22 @@ def optimize_model(model: onnx.ModelProto | bytes, input_shapes: Mapping[str, Se
     fold constants, fuse BatchNormalization into Conv, drop Identity/Dropout, name nodes.
 
     Returns a new model that onnx's checker accepts and that computes the same outputs.
+    Raises InvalidModel for a model (or ``input_shapes``) it cannot make that of.
     """
     if isinstance(model, (bytes, bytearray)):
         from compiler_svc.loader import load_model
 
         model = load_model(bytes(model))
+    ctx = PassContext(opset_version=opset_version, input_shapes=check_input_shapes(input_shapes))
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    ctx = PassContext(opset_version=opset_version, input_shapes=dict(input_shapes or {}))
     for p in PASSES:
         m = p(m, ctx)
     if ctx.notes:
         m.metadata_props.add(key=NOTES_KEY, value="; ".join(ctx.notes))
-    onnx.checker.check_model(m)
+    try:
+        onnx.checker.check_model(m)
+    except onnx.checker.ValidationError as e:
+        raise InvalidModel(f"the optimised model is not valid ONNX: {e}. The input model is likely malformed "
+                           "there (onnx.checker.check_model(model) on it tells more)") from None
     return m

@@ -7,8 +7,12 @@ this pass's own table:
 - an operator whose newer versions only widened its types, or added an attribute or input it
   leaves at the default, is relabelled (``_RELABEL``);
 - Reduce operators whose ``axes`` moved from attribute to input in opset 18 get their
-  constant axes back as the attribute (``ReduceSum`` already took an input at 13);
-- HardSwish, Gelu and Mish, newer than 13, are rewritten exactly with opset-13 operators.
+  constant axes back as the attribute (``ReduceSum`` already took an input at 13); with no or
+  empty axes they reduce everything, or under ``noop_with_empty_axes=1`` become their
+  element-wise part (Identity for most);
+- HardSwish, Gelu and Mish, newer than 13, are rewritten exactly with opset-13 operators. Their
+  constants become initialisers, not ``Constant`` nodes: onnxruntime turned every Constant into
+  an initialiser before this pass, and the stages after it (quantiser, partitioner) only know those.
 
 A model that uses anything else newer than the target keeps its own opset — everything
 downstream handles it — and the pass notes why.
@@ -24,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import defs, helper, numpy_helper, version_converter
 
+from compiler_svc.graph import attr
 from compiler_svc.loader import opset_of
 from compiler_svc.passes._context import PassContext
 from services.errors import InvalidModel
@@ -51,6 +56,9 @@ _RELABEL: dict[str, dict[str, object]] = {
 _AXES_TO_ATTRIBUTE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
                       "ReduceLogSumExp", "ReduceSumSquare"}
 
+_NO_AXES = {"ReduceL1": "Abs", "ReduceL2": "Abs", "ReduceLogSum": "Log", "ReduceSumSquare": "Mul"}
+"""A Reduce over no axes is its element-wise part (Mul: x·x); the others are the identity."""
+
 
 def convert_opset(m: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
     have, want = opset_of(m), ctx.opset_version
@@ -71,8 +79,10 @@ def convert_opset(m: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     for n in m.graph.node:
         if n.op_type in _EXPAND:
-            nodes.extend(_EXPAND[n.op_type](n))
-        elif n.op_type in _AXES_TO_ATTRIBUTE and len(n.input) > 1:
+            new_nodes, new_inits = _EXPAND[n.op_type](n)
+            nodes.extend(new_nodes)
+            m.graph.initializer.extend(new_inits)
+        elif n.op_type in _AXES_TO_ATTRIBUTE:
             nodes.append(_axes_attribute(n, consts))
         else:
             if (n.name or n.output[0]) in newer:
@@ -102,13 +112,13 @@ def _newer(m: onnx.ModelProto, have: int, want: int) -> list[tuple[onnx.NodeProt
 
 def _convertible(n: onnx.NodeProto, since: int, consts: dict[str, np.ndarray]) -> bool:
     if n.op_type in _EXPAND:
-        return n.op_type != "Gelu" or _attr(n, "approximate", b"none") in (b"none", b"tanh")
+        return n.op_type != "Gelu" or attr(n, "approximate", b"none") in (b"none", b"tanh")
     if n.op_type in _AXES_TO_ATTRIBUTE:
         return len(n.input) < 2 or not n.input[1] or n.input[1] in consts
     if n.op_type not in _RELABEL:
         return False
     for name, required in _RELABEL[n.op_type].items():
-        actual = _attr(n, name, _ABSENT)
+        actual = attr(n, name, _ABSENT)
         if actual is _ABSENT or actual == required:
             continue  # absent means ONNX's default, which is the opset-13 meaning
         if name == "allowzero" and n.input[1] in consts and 0 not in consts[n.input[1]]:
@@ -120,9 +130,9 @@ def _convertible(n: onnx.NodeProto, since: int, consts: dict[str, np.ndarray]) -
         return False
     if n.op_type == "BatchNormalization" and len(n.output) > 1:
         return False
-    if n.op_type == "Pad" and (len(n.input) > 3 and n.input[3] or _attr(n, "mode", b"constant") == b"wrap"):
+    if n.op_type == "Pad" and (len(n.input) > 3 and n.input[3] or attr(n, "mode", b"constant") == b"wrap"):
         return False
-    if n.op_type == "Resize" and _attr(n, "coordinate_transformation_mode", b"") == b"half_pixel_symmetric":
+    if n.op_type == "Resize" and attr(n, "coordinate_transformation_mode", b"") == b"half_pixel_symmetric":
         return False
     return True
 
@@ -135,57 +145,67 @@ def _strip_new_attributes(n: onnx.NodeProto, want: int) -> None:
     n.attribute.extend(keep)
 
 
-def _attr(n: onnx.NodeProto, name: str, default: object) -> object:
-    for a in n.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _axes_attribute(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> onnx.NodeProto:
+    """The opset-13 form of an opset-18 Reduce: constant axes as the attribute.
+
+    No axes (absent, or an empty tensor) means "all axes" — or, under ``noop_with_empty_axes=1``,
+    a reduction over no axes, which opset 13 cannot say: that is the operator's element-wise part
+    alone (``_NO_AXES``: the identity for most, |x| for ReduceL1/L2, log for ReduceLogSum, x² for
+    ReduceSumSquare — as the ONNX spec and onnxruntime have it). An empty ``axes`` attribute is
+    not "all axes" in every reader, so "all axes" leaves the attribute out.
+    """
     attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-    if n.input[1]:
-        attrs["axes"] = [int(a) for a in np.ravel(consts[n.input[1]])]
-    attrs.pop("noop_with_empty_axes", None)
+    noop = int(attrs.pop("noop_with_empty_axes", 0))
+    axes = [int(a) for a in np.ravel(consts[n.input[1]])] if len(n.input) > 1 and n.input[1] else []
+    if not axes and noop:
+        op = _NO_AXES.get(n.op_type, "Identity")
+        x = [n.input[0]] * (2 if op == "Mul" else 1)
+        return helper.make_node(op, x, list(n.output), name=n.name)
+    attrs.pop("axes", None)
+    if axes:
+        attrs["axes"] = axes
     return helper.make_node(n.op_type, [n.input[0]], list(n.output), name=n.name, **attrs)
 
 
-def _hardswish(n: onnx.NodeProto) -> list[onnx.NodeProto]:
+_Expansion = tuple[list[onnx.NodeProto], list[onnx.TensorProto]]
+
+
+def _hardswish(n: onnx.NodeProto) -> _Expansion:
     gate = f"{n.output[0]}_hardsigmoid"
     return [helper.make_node("HardSigmoid", [n.input[0]], [gate], alpha=1.0 / 6, beta=0.5, name=f"{n.name}_gate"),
-            helper.make_node("Mul", [n.input[0], gate], list(n.output), name=n.name or f"{n.output[0]}_mul")]
+            helper.make_node("Mul", [n.input[0], gate], list(n.output), name=n.name or f"{n.output[0]}_mul")], []
 
 
-def _gelu(n: onnx.NodeProto) -> list[onnx.NodeProto]:
+def _gelu(n: onnx.NodeProto) -> _Expansion:
     """0.5·x·(1 + erf(x/√2)), or the tanh approximation when the node asks for it."""
     x, y, p = n.input[0], n.output[0], n.name or n.output[0]
-    c = lambda name, v: helper.make_node("Constant", [], [f"{p}_{name}"], value=helper.make_tensor(  # noqa: E731
-        f"{p}_{name}_v", onnx.TensorProto.FLOAT, [], [v]), name=f"{p}_{name}_c")
-    if _attr(n, "approximate", b"none") == b"tanh":
-        return [c("k", math.sqrt(2 / math.pi)), c("a", 0.044715), c("half", 0.5), c("one", 1.0),
-                helper.make_node("Mul", [x, x], [f"{p}_x2"], name=f"{p}_x2"),
-                helper.make_node("Mul", [f"{p}_x2", x], [f"{p}_x3"], name=f"{p}_x3"),
-                helper.make_node("Mul", [f"{p}_x3", f"{p}_a"], [f"{p}_ax3"], name=f"{p}_ax3"),
-                helper.make_node("Add", [x, f"{p}_ax3"], [f"{p}_in"], name=f"{p}_in"),
-                helper.make_node("Mul", [f"{p}_in", f"{p}_k"], [f"{p}_kin"], name=f"{p}_kin"),
-                helper.make_node("Tanh", [f"{p}_kin"], [f"{p}_t"], name=f"{p}_t"),
-                helper.make_node("Add", [f"{p}_t", f"{p}_one"], [f"{p}_1t"], name=f"{p}_1t"),
-                helper.make_node("Mul", [x, f"{p}_1t"], [f"{p}_x1t"], name=f"{p}_x1t"),
-                helper.make_node("Mul", [f"{p}_x1t", f"{p}_half"], [y], name=p)]
-    return [c("r2", 1 / math.sqrt(2)), c("half", 0.5), c("one", 1.0),
-            helper.make_node("Mul", [x, f"{p}_r2"], [f"{p}_s"], name=f"{p}_s"),
-            helper.make_node("Erf", [f"{p}_s"], [f"{p}_e"], name=f"{p}_e"),
-            helper.make_node("Add", [f"{p}_e", f"{p}_one"], [f"{p}_1e"], name=f"{p}_1e"),
-            helper.make_node("Mul", [x, f"{p}_1e"], [f"{p}_x1e"], name=f"{p}_x1e"),
-            helper.make_node("Mul", [f"{p}_x1e", f"{p}_half"], [y], name=p)]
+    if attr(n, "approximate", b"none") == b"tanh":
+        values = {"k": math.sqrt(2 / math.pi), "a": 0.044715, "half": 0.5, "one": 1.0}
+        nodes = [helper.make_node("Mul", [x, x], [f"{p}_x2"], name=f"{p}_x2"),
+                 helper.make_node("Mul", [f"{p}_x2", x], [f"{p}_x3"], name=f"{p}_x3"),
+                 helper.make_node("Mul", [f"{p}_x3", f"{p}_a"], [f"{p}_ax3"], name=f"{p}_ax3"),
+                 helper.make_node("Add", [x, f"{p}_ax3"], [f"{p}_in"], name=f"{p}_in"),
+                 helper.make_node("Mul", [f"{p}_in", f"{p}_k"], [f"{p}_kin"], name=f"{p}_kin"),
+                 helper.make_node("Tanh", [f"{p}_kin"], [f"{p}_t"], name=f"{p}_t"),
+                 helper.make_node("Add", [f"{p}_t", f"{p}_one"], [f"{p}_1t"], name=f"{p}_1t"),
+                 helper.make_node("Mul", [x, f"{p}_1t"], [f"{p}_x1t"], name=f"{p}_x1t"),
+                 helper.make_node("Mul", [f"{p}_x1t", f"{p}_half"], [y], name=p)]
+    else:
+        values = {"r2": 1 / math.sqrt(2), "half": 0.5, "one": 1.0}
+        nodes = [helper.make_node("Mul", [x, f"{p}_r2"], [f"{p}_s"], name=f"{p}_s"),
+                 helper.make_node("Erf", [f"{p}_s"], [f"{p}_e"], name=f"{p}_e"),
+                 helper.make_node("Add", [f"{p}_e", f"{p}_one"], [f"{p}_1e"], name=f"{p}_1e"),
+                 helper.make_node("Mul", [x, f"{p}_1e"], [f"{p}_x1e"], name=f"{p}_x1e"),
+                 helper.make_node("Mul", [f"{p}_x1e", f"{p}_half"], [y], name=p)]
+    return nodes, [numpy_helper.from_array(np.array(v, np.float32), f"{p}_{k}") for k, v in values.items()]
 
 
-def _mish(n: onnx.NodeProto) -> list[onnx.NodeProto]:
+def _mish(n: onnx.NodeProto) -> _Expansion:
     x, p = n.input[0], n.name or n.output[0]
     return [helper.make_node("Softplus", [x], [f"{p}_sp"], name=f"{p}_sp"),
             helper.make_node("Tanh", [f"{p}_sp"], [f"{p}_t"], name=f"{p}_t"),
-            helper.make_node("Mul", [x, f"{p}_t"], list(n.output), name=p)]
+            helper.make_node("Mul", [x, f"{p}_t"], list(n.output), name=p)], []
 
 
-_EXPAND: dict[str, Callable[[onnx.NodeProto], list[onnx.NodeProto]]] = {
+_EXPAND: dict[str, Callable[[onnx.NodeProto], _Expansion]] = {
     "HardSwish": _hardswish, "Gelu": _gelu, "Mish": _mish}

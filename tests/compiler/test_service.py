@@ -252,7 +252,7 @@ def _in_process_error(model: bytes, options: dict[str, Any]) -> NpusimError:
     (_tiny(), {"batch_size": 0}, InvalidCompilerConfig, None),
     (_tiny(), {"target_npu": "warboy-3pe"}, InvalidCompilerConfig, None),
     (_tiny(), {"no_such_option": 1}, InvalidCompilerConfig, None),
-    (_tiny(), {"normalized_pixel_outputs": [3]}, InvalidModel, None),
+    (_tiny(), {"normalized_pixel_outputs": [3]}, InvalidCompilerConfig, None),
 ], ids=["garbage", "truncated", "unknown_key", "wrong_type", "bad_permutation", "batch_0", "target", "option",
         "output_index"])
 def test_bad_input_gives_the_same_named_error_as_in_process(service: CompilerService, model: bytes,

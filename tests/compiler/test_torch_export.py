@@ -234,7 +234,7 @@ EXPORTERS: dict[str, dict[str, object]] = {
 }
 
 EXTRA_EXPORTERS: dict[str, dict[str, object]] = {
-    "dynamo17": {"dynamo": True, "opset_version": 17},  # the highest opset the loader accepts
+    "dynamo17": {"dynamo": True, "opset_version": 17},  # an explicit opset below the exporter's default
 }
 ALL_EXPORTERS = {**EXPORTERS, **EXTRA_EXPORTERS}
 
@@ -247,30 +247,9 @@ class Known:
     match: str
 
 
-_DOWNCONVERT = ("optimize_model converts every model to opset 13 with onnx.version_converter, which has no "
-                "down-adapter for {what}: InvalidModel 'cannot convert the model from opset {opset} to 13'")
-
-
-def _down(what: str, match: str, exporters: dict[str, int]) -> dict[str, Known]:
-    return {e: Known(_DOWNCONVERT.format(what=what, opset=o), rf"from opset {o} to 13: .*{match}")
-            for e, o in exporters.items()}
-
-
-_RELU = ("Relu-14 (nn.ReLU; 'No Adapter From Version $14 for Relu')", r"Version \$14 for Relu")
-_HSWISH = ("HardSwish-14 (F.hardswish; 'No Previous Version of HardSwish exists')",
-           "No Previous Version of HardSwish")
-_BN = ("BatchNormalization-15 (a BatchNorm2d no Conv precedes; 'No Adapter From Version $15 for "
-       "BatchNormalization')", r"Version \$15 for BatchNormalization")
-_SHAPE = ("Shape-15 (F.interpolate(size=...) exports Resize(sizes=Concat(Shape(x)[:2], [H, W])); "
-          "'No Adapter From Version $15 for Shape')", r"Version \$15 for Shape")
-
 KNOWN_FAILURES: dict[tuple[str, str], Known] = {}
 """Exports that fail today (none: every combination of the matrix goes through)."""
 
-_OPSET18 = Known("the dynamo exporter cannot write opset 17 for a model with a global average pool (onnx's "
-                 "converter fails on ReduceMean-18's axes input and the model stays at 18), and compile()'s "
-                 "loader accepts only opsets 11–17: 'the model uses opset 18; npusim compiles opset 11–17'",
-                 r"uses opset 18; npusim compiles opset 11–17")
 NATIVE_FAILURES: dict[tuple[str, str], Known] = {}
 
 
@@ -447,17 +426,9 @@ def test_newer_exports_also_pass_at_their_native_opset(name: str, exporter: str)
 def test_default_dynamo_export_as_bytes() -> None:
     data = export("seg", "dynamo")  # optimises, compiles and runs as a ModelProto (see the matrix)
     assert opset_of(onnx.load_from_string(data)) == 20
-    run_pipeline("seg", optimize(data, Known("", r"uses opset 20; npusim compiles opset 11–17")))
+    run_pipeline("seg", optimize(data))
 
 
-RESIZE_SIZES = Known(
-    "compile(batch_size=N) rescales Reshape targets but not Resize's constant 'sizes': F.interpolate(size=...) "
-    "exports sizes = Concat(Shape(x)[:2], [H, W]), which optimize_model folds at batch 1 to [1, C, H, W]; at "
-    "batch_size=4 the program declares output batch 1 and its Resize maps batch 4 to 1 (bilinear: onnxruntime "
-    "fails, 'Linear mode only supports ... outermost 2 scale values being 1'; nearest: silently returns the "
-    "first sample only)", "")
-SHAPE_DYNAMIC = _down("Shape-15 (with a dynamic batch the dynamo exporter computes Resize's sizes from Shape(x))",
-                      r"Version \$15 for Shape", {"dynamo": 20})["dynamo"]
 DYNAMIC = [
     _param("head", "ts13", 1), _param("head", "ts13", 4),
     _param("lone_bn", "ts13", 1), _param("lone_bn", "ts13", 4),

@@ -224,5 +224,5 @@ BAD_FIELDS = {
 
 @pytest.mark.parametrize("header", BAD_FIELDS.values(), ids=BAD_FIELDS.keys())
 def test_header_with_bad_fields(header: dict[str, object]) -> None:
-    with pytest.raises(InvalidModel, match="corrupt .enf header|section"):
+    with pytest.raises(InvalidModel, match="corrupt .enf header|corrupt program|section"):
         Program.from_bytes(raw(header, _sections()))

@@ -1,0 +1,72 @@
+"""Regression test for the review finding on the host Quantize operator (client/ops/quantize.py).
+
+It multiplied by ``1/scale``; onnxruntime's QuantizeLinear divides by ``scale`` and rounds half
+to even, so a value on (or next to) a rounding tie could land on the other integer and the
+program's output differed from the quantised model's. The operator must equal QuantizeLinear
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from client.ops import load_op
+
+pytestmark = pytest.mark.timeout(60)
+
+SHAPE = (1, 4, 8, 32)
+
+
+def _quantize_linear(x: np.ndarray, scale: np.float32, zero_point: int) -> np.ndarray:
+    g = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])], "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, list(x.shape))],
+        [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+         numpy_helper.from_array(np.array(zero_point, np.int8), "z")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def _ties(scale: np.float32, seed: int) -> np.ndarray:
+    """(k + 0.5) * scale in float32, and its float32 neighbours: values on and next to a tie."""
+    k = np.random.default_rng(seed).integers(-140, 140, SHAPE)
+    x = ((k + 0.5) * scale).astype(np.float32)
+    x[..., 1::3] = np.nextafter(x[..., 1::3], np.float32(np.inf))
+    x[..., 2::3] = np.nextafter(x[..., 2::3], np.float32(-np.inf))
+    return x
+
+
+@pytest.mark.parametrize("scale", [0.027315523475408554, 0.018658448, 0.1, 1 / 3, 0.0078125, 7.3])
+@pytest.mark.parametrize("zero_point", [0, 15, -14, -128, 127])
+def test_quantize_equals_onnxruntime_quantize_linear_on_rounding_ties(scale: float, zero_point: int) -> None:
+    s = np.float32(scale)
+    op = load_op("Quantize", {"scale": float(s), "zero_point": zero_point})  # as a program stores them
+    for seed in range(3):
+        x = _ties(s, seed)
+        got = op.run(x)
+        ref = _quantize_linear(x, s, zero_point)
+        assert got.dtype == ref.dtype == np.int8
+        assert np.array_equal(got, ref), f"{np.count_nonzero(got != ref)} of {x.size} values differ"
+
+
+def test_quantize_equals_onnxruntime_on_ordinary_and_saturating_values() -> None:
+    s, zp = np.float32(0.018658448), -14
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(SHAPE) * 3).astype(np.float32)
+    x.flat[:4] = [1e9, -1e9, 0.0, -0.0]
+    got = load_op("Quantize", {"scale": float(s), "zero_point": zp}).run(x)
+    assert np.array_equal(got, _quantize_linear(x, s, zp))
+
+
+def test_quantize_leaves_its_input_alone() -> None:
+    x = _ties(np.float32(0.1), 0)
+    before = x.copy()
+    load_op("Quantize", {"scale": 0.1, "zero_point": 3}).run(x)
+    assert np.array_equal(x, before)
