@@ -31,7 +31,7 @@ from compiler_svc.passes import NOTES_KEY, optimize_model
 from compiler_svc.quantize import is_quantized, quantize
 from services import __version__
 from services.errors import ConfigError, InvalidCompilerConfig, InvalidModel
-from services.hw import TIMING, WARBOY
+from services.hw import WARBOY, timing_params
 from services.hw import target as resolve_target
 from services.program import FORMAT_VERSION, CpuStep, OpStep, Program
 from services.tracing import tracer
@@ -112,7 +112,7 @@ def cache_key(data: bytes, options: CompileOptions) -> str:
     program format and compiler source the result is made of (a change to any is a new key)."""
     h = hashlib.sha256()
     h.update(json.dumps({"npusim": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                         "hw": asdict(WARBOY), "timing": asdict(TIMING), "format": FORMAT_VERSION,
+                         "hw": asdict(WARBOY), "timing": asdict(timing_params()), "format": FORMAT_VERSION,
                          "compiler_sha256": compiler_digest(), "options": options.to_dict()},
                         sort_keys=True).encode())
     h.update(data)

@@ -7,7 +7,7 @@ import sys
 
 import zmq
 
-from services.errors import NpusimError
+from services.errors import ConfigError, NpusimError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,11 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ort-threads", type=int, default=1)
     p.add_argument("--queue-limit", type=int, default=128)
     p.add_argument("--time-scale", type=float, default=1.0)
+    p.add_argument("--jitter", type=float, default=0.0, help="relative std-dev of execution time (0: deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the jitter")
+    p.add_argument("--hw", action="append", default=[], metavar="KEY=VALUE",
+                   help="hardware knob override, e.g. pcie_bytes_per_s=7.9e9 (what-if studies)")
     args = p.parse_args(argv)
     try:
         rdir, endpoint = prepare(args, kind="daemon")
+        from services.hw import WARBOY, with_overrides
+
+        if args.jitter < 0:
+            raise ConfigError(f"--jitter {args.jitter}: must be ≥ 0")
         opts = DaemonOptions(timing_only=args.timing_only, ort_threads=args.ort_threads,
-                             queue_limit=args.queue_limit, time_scale=args.time_scale)
+                             queue_limit=args.queue_limit, time_scale=args.time_scale, jitter=args.jitter,
+                             seed=args.seed, hw=with_overrides(WARBOY, args.hw))  # type: ignore[arg-type]
         service = DaemonService(args.name, endpoint, options=opts, **service_kwargs(args))
     except (NpusimError, zmq.ZMQError) as e:
         print(f"npusim daemon: {e}", file=sys.stderr)

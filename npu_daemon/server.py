@@ -21,7 +21,6 @@ import numpy as np
 from opentelemetry import trace
 
 from npu_daemon.execute import Executor
-from npu_daemon.timeline import JobTimes, Timeline
 from services import tracing
 from services.devices import PE_NAMES
 from services.discovery import pid_alive
@@ -32,8 +31,10 @@ from services.errors import (
     NpusimError,
     QueueFull,
     SessionClosed,
+    TargetMismatch,
 )
 from services.hw import WARBOY, Hardware
+from services.timing import CORES, DeviceClock, JobTimes, StageTiming
 from services.program import NpuStage, Program
 from services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind, Message, error_message
 from services.server import Request, Service
@@ -42,7 +43,6 @@ __all__ = ["DaemonService", "DaemonOptions"]
 
 log = logging.getLogger("npusim.daemon")
 
-CORES = {"pe0": (0,), "pe1": (1,), "pe0-1": (0, 1)}
 TARGET_PE = {"warboy": ("pe0", "pe1"), "warboy-2pe": ("pe0-1",)}
 
 
@@ -53,30 +53,14 @@ class DaemonOptions:
     queue_limit: int = 128
     time_scale: float = 1.0
     hw: Hardware = WARBOY
+    jitter: float = 0.0  # relative standard deviation of execution time; 0 = deterministic
+    seed: int = 0
 
 
-@dataclass(frozen=True)
-class StageCost:
+def stage_timing(stage: NpuStage, opts: DaemonOptions) -> StageTiming:
     """Per-job constants of one NPU stage, computed once at OPEN."""
-
-    h2d_ns: int
-    exec_ns: int
-    d2h_ns: int
-    in_bytes: int
-    out_bytes: int
-    cycles: int
-    output_names: list[str]
-
-    @classmethod
-    def of(cls, stage: NpuStage, opts: DaemonOptions) -> StageCost:
-        pcie, scale = opts.hw.pcie_bytes_per_s, opts.time_scale
-        in_bytes = sum(t.size for t in stage.device_inputs)
-        out_bytes = sum(t.size for t in stage.device_outputs)
-        est = stage.estimate
-        return cls(h2d_ns=int(in_bytes / pcie * 1e9 * scale),
-                   exec_ns=int((est.get("npu_ns", 0.0) + est.get("job_overhead_ns", 0.0)) * scale),
-                   d2h_ns=int(out_bytes / pcie * 1e9 * scale), in_bytes=in_bytes, out_bytes=out_bytes,
-                   cycles=int(est.get("npu_cycles", 0)), output_names=[t.name for t in stage.device_outputs])
+    return StageTiming.of(stage.estimate, sum(t.size for t in stage.device_inputs),
+                          sum(t.size for t in stage.device_outputs), opts.hw, opts.time_scale)
 
 
 @dataclass
@@ -88,8 +72,8 @@ class OpenSession:
     name: str
     client_pid: int | None
     program: Program
-    costs: list[StageCost]
-    timeline: Timeline = field(default_factory=Timeline)
+    costs: list[StageTiming]
+    outputs: list[list[str]]
     executor: Executor | None = None  # None while the program loads
     last_seen: float = field(default_factory=time.monotonic)
     outstanding: int = 0
@@ -107,6 +91,9 @@ class DaemonService(Service):
         self.sessions: dict[str, OpenSession] = {}
         self.released: deque[dict[str, Any]] = deque(maxlen=20)
         self._wall_offset = time.time_ns() - time.monotonic_ns()
+        self.clock = DeviceClock(jitter=options.jitter, seed=options.seed)
+        self.started_ns = time.monotonic_ns()
+        self.host_bound = 0
         self.handlers.update({
             Kind.OPEN: self._open,
             Kind.CLOSE: self._close,
@@ -127,10 +114,26 @@ class DaemonService(Service):
 
     def extra_stats(self) -> dict[str, Any]:
         return {"sessions": {h: {"pe": s.pe, "name": s.name, "jobs": s.jobs, "host_bound": s.host_bound,
-                                 "outstanding": s.outstanding, "busy_ns": s.timeline.busy_ns,
-                                 "exec_ns": s.timeline.exec_ns}
+                                 "outstanding": s.outstanding}
                              for h, s in self.sessions.items()},
+                "counters": self.counters(),
                 "released": list(self.released)}
+
+    def counters(self) -> dict[str, Any]:
+        """The chip's counters per PE, in cycles at the clock: elapsed, task (holding a job),
+        tensor (computing); utilisation = Δtask/Δcycle and compute ratio = Δtensor/Δtask
+        between two reads (``npusim top``, ``/metrics``)."""
+        clock = self.options.hw.clock_hz / 1e9
+        elapsed = int((time.monotonic_ns() - self.started_ns) * clock)
+        out: dict[str, Any] = {}
+        for core, k in enumerate(self.clock.counters):
+            owner = self.sessions.get(self.owner[core] or "")
+            out[f"pe{core}"] = {"cycles": elapsed, "task_cycles": int(k.task_ns * clock),
+                                "tensor_cycles": int(k.tensor_ns * clock), "io_cycles": int(k.io_ns * clock),
+                                "jobs": k.jobs, "queue": owner.outstanding if owner else 0,
+                                "session": owner.name if owner else None, "pe": owner.pe if owner else None}
+        out["host_bound"] = self.host_bound
+        return out
 
     # -- OPEN / CLOSE ---------------------------------------------------------------
     def _open(self, req: Request) -> Message | None:
@@ -143,7 +146,7 @@ class DaemonService(Service):
         allowed = TARGET_PE.get(program.target, ())
         if pe not in allowed:
             fix = "warboy-2pe" if pe == "pe0-1" else "warboy"
-            raise DeviceError(
+            raise TargetMismatch(
                 f"the program was compiled for {program.target} and cannot open on {self.name}{pe}; "
                 f"use device {'/'.join(self.name + p for p in allowed)} or compile with target_npu={fix!r}",
                 details={"target": program.target, "pe": pe})
@@ -155,7 +158,8 @@ class DaemonService(Service):
                              details={"device": self.name, "pe": pe, "holder": holder.name})
         handle = uuid.uuid4().hex
         s = OpenSession(handle, pe, body["session"], body.get("client_pid"), program,
-                        [StageCost.of(st, self.options) for st in program.stages])
+                        [stage_timing(st, self.options) for st in program.stages],
+                        [[t.name for t in st.device_outputs] for st in program.stages])
         self.sessions[handle] = s
         for c in CORES[pe]:
             self.owner[c] = handle
@@ -248,7 +252,7 @@ class DaemonService(Service):
             raise QueueFull(f"{self.name}{s.pe} already has {s.outstanding} jobs queued (limit "
                             f"{self.options.queue_limit}); wait for results before submitting more")
         c = s.costs[stage]
-        times = s.timeline.schedule(req.received_ns, c.h2d_ns, c.exec_ns, c.d2h_ns)
+        times = self.clock.schedule(s.pe, req.received_ns, c)
         job = _Job(req, s, stage, times)
         s.outstanding += 1
         s.jobs += 1
@@ -295,6 +299,8 @@ class DaemonService(Service):
         try:
             host_bound = ready > times.end
             s.host_bound += host_bound
+            self.host_bound += host_bound
+            self.clock.account(s.pe, times, s.costs[job.stage])
             timing: dict[str, Any] = times.as_dict()
             timing.update(host_bound=host_bound, zero_filled=self.options.timing_only, stage=job.stage,
                           emulated_ns=times.end - times.arrival, replied_ns=max(times.end, ready) - times.arrival)
@@ -303,7 +309,7 @@ class DaemonService(Service):
             if parent is not None:
                 collect = bool(req.msg.body.get("collect"))
                 body["spans"] = self._spans(parent, job, host_bound, max(times.end, ready), collect)
-            reply = req.msg.reply(Kind.RESULT, body, list(zip(s.costs[job.stage].output_names, outs)))
+            reply = req.msg.reply(Kind.RESULT, body, list(zip(s.outputs[job.stage], outs)))
         except Exception as e:  # noqa: BLE001
             log.exception("%s: building a RESULT failed", self.name)
             reply = error_message(req.msg.id, e)
@@ -320,11 +326,13 @@ class DaemonService(Service):
                                              "stage": job.stage, "program": s.program.meta.get("model", "")})
             ctx = trace.set_span_in_context(span)
             for name, a, b, extra in (
-                ("npu.queue", t.arrival, t.start, {}),
-                ("npu.h2d", t.start, t.h2d_end, {"bytes": c.in_bytes}),
-                ("npu.exec", t.h2d_end, t.exec_end, {"pe": s.pe, "stage": job.stage, "cycles": c.cycles,
-                                                     "bound_by": "host" if host_bound else "npu"}),
-                ("npu.d2h", t.exec_end, t.end, {"bytes": c.out_bytes}),
+                ("npu.queue", t.arrival, t.h2d_start, {}),
+                ("npu.h2d", t.h2d_start, t.h2d_end, {"bytes": c.in_bytes}),
+                ("npu.exec", t.exec_start, t.exec_end, {"pe": s.pe, "stage": job.stage, "cycles": c.cycles,
+                                                        "program": s.program.meta.get("model", ""),
+                                                        "dram_shared": round(t.shared, 3),
+                                                        "bound_by": "host" if host_bound else "npu"}),
+                ("npu.d2h", t.d2h_start, t.end, {"bytes": c.out_bytes}),
             ):
                 sp = tr.start_span(name, context=ctx, start_time=a + off, attributes={**track, **extra})
                 sp.end(end_time=b + off)

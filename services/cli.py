@@ -72,11 +72,17 @@ def daemon(
     timing_only: bool = typer.Option(False, help="emulate timing only; outputs are zero-filled"),
     ort_threads: int = typer.Option(1, help="onnxruntime threads for functional execution"),
     time_scale: float = typer.Option(1.0, help="scale every emulated duration (0 = no emulated time)"),
+    jitter: float = typer.Option(0.0, help="relative std-dev of execution time (0: deterministic)"),
+    seed: int = typer.Option(0, help="seed of the jitter"),
+    hw: list[str] = typer.Option([], help="hardware knob KEY=VALUE, e.g. pcie_bytes_per_s=7.9e9 (repeatable)"),
     curve_dir: Optional[Path] = typer.Option(None, help="CURVE key directory (required beyond loopback)"),
 ) -> None:
     """Run one emulated NPU device in the foreground."""
     args = _service_args(device, bind, run_dir, curve_dir)
-    args += ["--ort-threads", str(ort_threads), "--time-scale", str(time_scale)]
+    args += ["--ort-threads", str(ort_threads), "--time-scale", str(time_scale), "--jitter", str(jitter),
+             "--seed", str(seed)]
+    for item in hw:
+        args += ["--hw", item]
     if timing_only:
         args.append("--timing-only")
     _module_main("npu_daemon", args)

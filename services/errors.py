@@ -59,6 +59,7 @@ __all__ = [
     "SessionTerminated",
     "WorkerCrashed",
     "BY_CODE",
+    "TargetMismatch",
     "to_wire",
     "from_wire",
 ]
@@ -125,6 +126,12 @@ class DeviceNotFound(DeviceError):
 
 class DeviceUnavailable(DeviceError):
     code = 33
+
+
+class TargetMismatch(DeviceError, ValueError):
+    """A program compiled for one PE kind opened on the other (warboy on pe0-1, warboy-2pe on pe0)."""
+
+    code = 34
 
 
 class RequestError(NpusimError):

@@ -6,11 +6,19 @@ the defaults are the public spec sheet (../shared/research/hardware.md).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 from services.errors import ConfigError
 
-__all__ = ["Hardware", "WARBOY", "TimingParams", "TIMING", "TARGETS", "Target", "target"]
+__all__ = ["Hardware", "WARBOY", "TimingParams", "TIMING", "TARGETS", "Target", "target", "timing_params",
+           "with_overrides", "FITTED"]
+
+FITTED = Path(__file__).with_name("timing.json")
+"""The fitted timing parameters: plain config, written by ``benchmarks/fidelity.py --fit``."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,8 @@ class Hardware:
     pcie_bytes_per_s: float = 15.75e9  # Gen4 x8, per direction
     io_alignment: int = 64
     vector_lanes_per_slice: int = 32  # int8 elements per cycle for non-MAC work
+    lanes_per_slice: int = 32  # the MAC array's columns; macs_per_slice / lanes = its reduction depth
+    weight_sram_fraction: float = 0.5  # SRAM kept for resident weights; the rest double-buffers activations
 
 
 WARBOY = Hardware()
@@ -41,7 +51,42 @@ class TimingParams:
     job_overhead_ns: float = 20_000.0  # per job: doorbell, descriptor set-up, completion interrupt
 
 
-TIMING = TimingParams()
+@cache
+def timing_params() -> TimingParams:
+    """The fitted parameters (``services/timing.json``), or the priors when no fit exists."""
+    try:
+        data = json.loads(FITTED.read_text())
+    except FileNotFoundError:
+        return TimingParams()
+    return TimingParams(**{f.name: float(data["params"][f.name]) for f in dataclasses.fields(TimingParams)})
+
+
+TIMING = timing_params()
+
+
+def with_overrides(base: dataclasses.DataclassInstance, items: list[str] | dict[str, object]) -> object:
+    """``base`` with ``KEY=VALUE`` overrides (``--hw sram_per_slice=131072``), for what-if studies."""
+    pairs = items.items() if isinstance(items, dict) else [_split(i) for i in items]
+    known = {f.name: f.type for f in dataclasses.fields(base)}
+    changes: dict[str, object] = {}
+    for key, value in pairs:
+        if key not in known:
+            raise ConfigError(f"unknown hardware knob {key!r}; knobs: {', '.join(known)}")
+        kind = type(getattr(base, key))
+        try:
+            changes[key] = kind(float(value)) if kind is int else kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"hardware knob {key}={value!r}: expected a {kind.__name__}") from None
+        if changes[key] <= 0:  # type: ignore[operator]
+            raise ConfigError(f"hardware knob {key}={value!r} must be positive")
+    return dataclasses.replace(base, **changes)
+
+
+def _split(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ConfigError(f"hardware override {item!r}: write KEY=VALUE, e.g. sram_per_slice=131072")
+    return key.strip(), value.strip()
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from onnx import numpy_helper
 from compiler_svc.cost._list import RULES
 from compiler_svc.cost.work import Shapes, Work
 from services.errors import UnsupportedOperator
-from services.hw import TIMING, Target, TimingParams
+from services.hw import Hardware, Target, TimingParams, timing_params
 
-__all__ = ["Work", "estimate", "op_work"]
+__all__ = ["Work", "array_fill", "estimate", "fill", "op_work"]
 
 _FUSED = {"QuantizeLinear", "DequantizeLinear"}
 
@@ -40,47 +40,81 @@ def op_work(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, Work]]:
     return out
 
 
-def estimate(model: onnx.ModelProto, target: Target, *, extra: list[dict[str, Any]] | None = None,
-             params: TimingParams = TIMING) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per-operator cost records and the program estimate for ``target``.
+def fill(n: int, width: int) -> float:
+    """The fraction of ``width`` parallel units doing useful work when ``n`` items are dealt
+    out in rounds of ``width`` (the last round runs partly empty)."""
+    if n <= 0:
+        return 1.0
+    return n / (width * -(-n // width))
 
-    compute = MACs / (MAC/cycle x efficiency) + vector ops / vector lanes;
-    memory  = bytes that must stream from DRAM / DRAM bandwidth, where weights stream when
-              all weights do not fit in half the SRAM and activations when an operator's
-              working set does not fit in SRAM;
-    cycles  = max(compute, memory) + a fixed per-operator overhead.
+
+def array_fill(w: Work, slices: int, hw: Hardware) -> float:
+    """How well an operator fills the MAC array: lanes x depth x slices (docs/timing-model.md)."""
+    lanes = max(fill(n, hw.lanes_per_slice) for n in w.lanes)
+    depth = fill(w.depth, hw.macs_per_slice // hw.lanes_per_slice)
+    return lanes * depth * fill(w.units, slices)
+
+
+def estimate(model: onnx.ModelProto, target: Target, *, extra: list[dict[str, Any]] | None = None,
+             params: TimingParams | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-operator cost records and the stage estimate for ``target`` (docs/timing-model.md).
+
+    compute = MACs / (MAC/cycle x mac_efficiency x array fill) + vector ops / vector lanes;
+    memory  = bytes that must stream from DRAM / DRAM bandwidth: all weights when they do not
+              fit the half of SRAM kept for them (the other half double-buffers activations),
+              an operator's activations when they do not fit what is left;
+    cycles  = max(compute, memory) + op_overhead_cycles.
+    ``npu_cycles_shared`` is the same with half the DRAM bandwidth: the other PE streaming too.
     """
+    params = params or timing_params()
     hw = target.hw
     works = op_work(model)
     total_weights = sum(w.weight_bytes for _, w in works)
-    weights_resident = total_weights <= target.sram_bytes // 2
-    dram_bytes_per_cycle = hw.dram_bytes_per_s / hw.clock_hz
+    weights_resident = total_weights <= target.sram_bytes * hw.weight_sram_fraction
+    free_sram = target.sram_bytes - (total_weights if weights_resident else 0)
+    dram_per_cycle = hw.dram_bytes_per_s / hw.clock_hz
     vector_per_cycle = target.slices * hw.vector_lanes_per_slice
     ops: list[dict[str, Any]] = []
+    totals = {"alone": 0.0, "shared": 0.0, "compute": 0.0, "dram": 0}
     for node, w in works:
-        compute = w.macs / (target.macs_per_cycle * params.mac_efficiency) + w.vector_ops / vector_per_cycle
+        eff = array_fill(w, target.slices, hw) if w.macs else 1.0
+        compute = w.macs / (target.macs_per_cycle * params.mac_efficiency * eff) + w.vector_ops / vector_per_cycle
         streamed = 0 if weights_resident else w.weight_bytes
-        if w.in_bytes + w.out_bytes + w.weight_bytes > target.sram_bytes:
+        if w.in_bytes + w.out_bytes > free_sram:
             streamed += w.in_bytes + w.out_bytes
-        memory = streamed / dram_bytes_per_cycle
+        memory = streamed / dram_per_cycle
         if compute == 0 and memory == 0:
-            cycles = 0.0  # metadata-only operators are folded away
+            cycles = shared = 0.0  # metadata-only operators are folded away
         else:
             cycles = max(compute, memory) + params.op_overhead_cycles
+            shared = max(compute, 2 * memory) + params.op_overhead_cycles
+        totals["alone"] += cycles
+        totals["shared"] += shared
+        totals["compute"] += compute
+        totals["dram"] += streamed
         ops.append({
             "name": node.name, "op_type": node.op_type, "macs": w.macs, "vector_ops": w.vector_ops,
             "weight_bytes": w.weight_bytes, "dram_bytes": streamed, "cycles": cycles,
+            "compute_cycles": compute, "memory_cycles": memory, "array_fill": round(eff, 4),
             "bound": "memory" if memory > compute else "compute",
         })
-    for item in extra or []:
-        cycles = item["bytes"] / dram_bytes_per_cycle + params.op_overhead_cycles
+    for item in extra or []:  # the NPU's own Lower/Unlower: a pass over the bytes through DRAM
+        memory = item["bytes"] / dram_per_cycle
+        cycles = memory + params.op_overhead_cycles
+        totals["alone"] += cycles
+        totals["shared"] += 2 * memory + params.op_overhead_cycles
+        totals["dram"] += item["bytes"]
         ops.append({"name": item["name"], "op_type": item["op_type"], "macs": 0, "vector_ops": 0,
-                    "weight_bytes": 0, "dram_bytes": item["bytes"], "cycles": cycles, "bound": "memory"})
-    total = sum(o["cycles"] for o in ops)
+                    "weight_bytes": 0, "dram_bytes": item["bytes"], "cycles": cycles, "compute_cycles": 0.0,
+                    "memory_cycles": memory, "array_fill": 1.0, "bound": "memory"})
     peak_act = max((w.in_bytes + w.out_bytes for _, w in works), default=0)
     est = {
-        "npu_cycles": total,
-        "npu_ns": total / hw.clock_hz * 1e9,
+        "npu_cycles": totals["alone"],
+        "npu_ns": totals["alone"] / hw.clock_hz * 1e9,
+        "npu_cycles_shared": totals["shared"],
+        "npu_ns_shared": totals["shared"] / hw.clock_hz * 1e9,
+        "compute_cycles": totals["compute"],
+        "dram_bytes": totals["dram"],
         "job_overhead_ns": params.job_overhead_ns,
         "macs": sum(w.macs for _, w in works),
         "weight_bytes": total_weights,
@@ -88,5 +122,6 @@ def estimate(model: onnx.ModelProto, target: Target, *, extra: list[dict[str, An
         "peak_activation_bytes": peak_act,
         "sram_bytes": target.sram_bytes,
         "fits_sram": weights_resident and total_weights + peak_act <= target.sram_bytes,
+        "clock_hz": hw.clock_hz,
     }
     return ops, est

@@ -14,20 +14,29 @@ from compiler_svc.graph import attr
 def conv(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
     w = shapes.of(node.input[1])  # Conv: (Cout, Cin/group, k...); ConvTranspose: (Cin, Cout/group, k...)
     k = math.prod(w[2:])
+    out = shapes.of(node.output[0])
+    group = int(attr(node, "group", 1))  # type: ignore[arg-type]
     if node.op_type == "ConvTranspose":
         macs = math.prod(shapes.of(node.input[0])) * w[1] * k
+        cout, depth = w[1] * group, w[0] // group * k
     else:
-        macs = math.prod(shapes.of(node.output[0])) * w[1] * k
+        macs = math.prod(out) * w[1] * k
+        cout, depth = w[0], w[1] * k
+    rows = out[0] * (out[2] if len(out) > 2 else 1)
     return Work(macs=macs, weight_bytes=weights.get(node.input[1], 0),
-                in_bytes=shapes.bytes(node.input[0]), out_bytes=shapes.bytes(node.output[0]))
+                in_bytes=shapes.bytes(node.input[0]), out_bytes=shapes.bytes(node.output[0]),
+                lanes=(out[-1] if len(out) > 2 else 1, max(cout // group, 1)), depth=depth,
+                units=rows * -(-cout // 32))
 
 
 def gemm(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
     a = shapes.of(node.input[0])
     out = shapes.of(node.output[0])
     k = a[-1] if not int(attr(node, "transA", 0)) else a[-2]  # type: ignore[arg-type]
+    m = out[-1] if out else 1
     return Work(macs=math.prod(out) * k, weight_bytes=sum(weights.get(i, 0) for i in node.input[1:]),
-                in_bytes=shapes.bytes(node.input[0]), out_bytes=shapes.bytes(node.output[0]))
+                in_bytes=shapes.bytes(node.input[0]), out_bytes=shapes.bytes(node.output[0]),
+                lanes=(m,), depth=k, units=max(math.prod(out[:-1]), 1) * -(-m // 32))
 
 
 def pool(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:

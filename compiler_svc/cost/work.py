@@ -12,11 +12,18 @@ from services.errors import CompileError
 
 @dataclass
 class Work:
+    """What one operator asks of the chip. ``lanes``/``depth``/``units`` say how its MACs map
+    onto the array (see ``model.fill``): output columns over a slice's 32 lanes, reduction
+    depth over its 4 MAC rows, independent output rows over the slices."""
+
     macs: int = 0
     vector_ops: int = 0
     weight_bytes: int = 0
     in_bytes: int = 0
     out_bytes: int = 0
+    lanes: tuple[int, ...] = (32,)  # candidate lane mappings; the compiler takes the best filled
+    depth: int = 4
+    units: int = 1 << 20
 
 
 class Shapes:

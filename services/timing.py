@@ -1,0 +1,170 @@
+"""The device timing engine: when each job of one emulated chip queues, moves and runs.
+
+One ``DeviceClock`` holds the state of a whole device, because its PEs share it: one
+host-to-device and one device-to-host DMA engine on the PCIe link, and the DRAM bandwidth.
+A job's timeline is queue → H2D DMA → execution on its PE(s) → D2H DMA. Each PE has two
+input buffers (double buffering): the next job's H2D runs while the current one executes,
+and the one after waits for a buffer. When the other PE executes at the same time, the
+DRAM bandwidth is shared: the part of a job that overlaps takes the stage's
+``npu_ns_shared`` rate instead of ``npu_ns`` (both from the compiler's cost model).
+
+The engine is pure arithmetic on integer nanoseconds: the daemon feeds it wall-clock
+arrivals, and ``npusim estimate`` / ``benchmarks/fidelity.py`` feed it synthetic ones, so
+predictions and the daemon can never disagree. See docs/timing-model.md.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.hw import WARBOY, Hardware
+
+__all__ = ["CORES", "StageTiming", "JobTimes", "DeviceClock", "PeCounters", "single_stream", "throughput"]
+
+CORES = {"pe0": (0,), "pe1": (1,), "pe0-1": (0, 1)}
+
+
+@dataclass(frozen=True, slots=True)
+class StageTiming:
+    """Per-job constants of one NPU stage on one device (from the program's estimate)."""
+
+    h2d_ns: int
+    d2h_ns: int
+    exec_ns: int  # alone on the device, job overhead included
+    exec_shared_ns: int  # while the other PE competes for DRAM
+    compute_ns: int  # of which the MAC array / vector units compute (tensor cycles)
+    cycles: int
+    in_bytes: int
+    out_bytes: int
+
+    @classmethod
+    def of(cls, estimate: dict[str, Any], in_bytes: int, out_bytes: int, hw: Hardware = WARBOY,
+           scale: float = 1.0) -> StageTiming:
+        overhead = float(estimate.get("job_overhead_ns", 0.0))
+        alone = float(estimate.get("npu_ns", 0.0)) + overhead
+        shared = float(estimate.get("npu_ns_shared", estimate.get("npu_ns", 0.0))) + overhead
+        clock = float(estimate.get("clock_hz", hw.clock_hz))
+        compute = float(estimate.get("compute_cycles", 0.0)) / clock * 1e9
+        return cls(h2d_ns=int(in_bytes / hw.pcie_bytes_per_s * 1e9 * scale),
+                   d2h_ns=int(out_bytes / hw.pcie_bytes_per_s * 1e9 * scale),
+                   exec_ns=int(alone * scale), exec_shared_ns=int(shared * scale), compute_ns=int(compute * scale),
+                   cycles=int(estimate.get("npu_cycles", 0)), in_bytes=in_bytes, out_bytes=out_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class JobTimes:
+    arrival: int
+    h2d_start: int
+    h2d_end: int
+    exec_start: int
+    exec_end: int
+    d2h_start: int
+    end: int
+    shared: float  # fraction of the execution that shared DRAM with the other PE
+
+    @property
+    def queue_ns(self) -> int:
+        return self.h2d_start - self.arrival
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"arrival_ns": self.arrival, "start_ns": self.h2d_start, "h2d_end_ns": self.h2d_end,
+                "exec_start_ns": self.exec_start, "exec_end_ns": self.exec_end, "end_ns": self.end,
+                "queue_ns": self.queue_ns, "h2d_ns": self.h2d_end - self.h2d_start,
+                "exec_ns": self.exec_end - self.exec_start, "d2h_ns": self.end - self.d2h_start,
+                "dram_shared": round(self.shared, 4)}
+
+
+@dataclass
+class PeCounters:
+    """The chip's utilisation counters for one PE, in nanoseconds of emulated time (the daemon
+    reports cycles at the clock): task = the PE holds a job, tensor = its array computes."""
+
+    task_ns: int = 0
+    tensor_ns: int = 0
+    io_ns: int = 0
+    jobs: int = 0
+
+
+@dataclass
+class _Pe:
+    free_at: int = 0
+    buffers: deque[int] = field(default_factory=lambda: deque(maxlen=2))  # exec ends of the last two jobs
+    runs: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=64))  # recent executions
+
+
+class DeviceClock:
+    """The schedule of one device: two PEs (alone or fused), two DMA engines, shared DRAM."""
+
+    def __init__(self, *, jitter: float = 0.0, seed: int = 0) -> None:
+        self.pes = [_Pe(), _Pe()]
+        self.h2d_free = 0
+        self.d2h_free = 0
+        self.jitter = jitter
+        self._rng = random.Random(seed)
+        self.counters = [PeCounters(), PeCounters()]
+
+    def schedule(self, pe: str, arrival: int, st: StageTiming) -> JobTimes:
+        cores = CORES[pe]
+        pes = [self.pes[c] for c in cores]
+        buffer_free = max((p.buffers[0] for p in pes if len(p.buffers) == p.buffers.maxlen), default=0)
+        h2d_start = max(arrival, self.h2d_free, buffer_free)
+        h2d_end = h2d_start + st.h2d_ns
+        self.h2d_free = h2d_end
+        exec_start = max(h2d_end, *(p.free_at for p in pes))
+        duration, shared = self._duration(cores, exec_start, st)
+        exec_end = exec_start + duration
+        for p in pes:
+            p.free_at = exec_end
+            p.buffers.append(exec_end)
+            p.runs.append((exec_start, exec_end))
+        d2h_start = max(exec_end, self.d2h_free)
+        end = d2h_start + st.d2h_ns
+        self.d2h_free = end
+        return JobTimes(arrival, h2d_start, h2d_end, exec_start, exec_end, d2h_start, end, shared)
+
+    def _duration(self, cores: tuple[int, ...], start: int, st: StageTiming) -> tuple[int, float]:
+        """Execution time: the alone rate, slowed where the other PE's runs overlap it."""
+        base = st.exec_ns
+        shared = 0.0
+        if len(cores) == 1 and base > 0 and st.exec_shared_ns > base:
+            other = self.pes[1 - cores[0]]
+            end = start + base
+            overlap = sum(max(0, min(b, end) - max(a, start)) for a, b in other.runs)
+            shared = min(1.0, overlap / base)
+            base = int(base + (st.exec_shared_ns - base) * shared)
+        if self.jitter > 0:
+            base = int(base * max(0.0, 1.0 + self.jitter * self._rng.gauss(0.0, 1.0)))
+        return base, shared
+
+    def account(self, pe: str, t: JobTimes, st: StageTiming) -> None:
+        """Add a finished job to its PEs' counters."""
+        stretch = (t.exec_end - t.exec_start) / st.exec_ns if st.exec_ns else 1.0
+        for c in CORES[pe]:
+            k = self.counters[c]
+            k.task_ns += t.exec_end - t.exec_start
+            k.tensor_ns += int(min(st.compute_ns * stretch, t.exec_end - t.exec_start)
+                               if stretch < 1 else min(st.compute_ns, t.exec_end - t.exec_start))
+            k.io_ns += (t.h2d_end - t.h2d_start) + (t.end - t.d2h_start)
+            k.jobs += 1
+
+
+def single_stream(pe: str, st: StageTiming, jobs: int = 16) -> float:
+    """Steady single-stream latency in ns: each job arrives when the previous one returned."""
+    clock, now, last = DeviceClock(), 0, 0
+    for _ in range(jobs):
+        t = clock.schedule(pe, now, st)
+        last, now = t.end - t.arrival, t.end
+    return float(last)
+
+
+def throughput(pes: list[str], st: StageTiming, batch: int, jobs_per_pe: int = 64) -> float:
+    """Offline samples/s with every PE of ``pes`` kept busy (all jobs queued at once)."""
+    clock = DeviceClock()
+    end = 0
+    for _ in range(jobs_per_pe):
+        for pe in pes:
+            end = max(end, clock.schedule(pe, 0, st).end)
+    return len(pes) * jobs_per_pe * batch / (end / 1e9) if end else float("inf")
