@@ -24,11 +24,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _echo import echo  # noqa: E402
 
 from services import launch  # noqa: E402
 from services.program import NpuStage, NpuStep, Program, TensorSpec  # noqa: E402
@@ -67,18 +70,8 @@ def _forwarder(front: str, back: str, nbytes: int, ready: mp.synchronize.Event) 
     ctx.term()
 
 
-def _echo(endpoint: str, ready: mp.synchronize.Event) -> None:
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.ROUTER)
-    s.bind(endpoint)
-    ready.set()
-    while True:
-        m = s.recv_multipart(copy=False)
-        if len(m) == 2 and m[1].bytes == b"quit":
-            break
-        s.send_multipart(m, copy=False)
-    s.close(linger=0)
-    ctx.term()
+def _echo(endpoint: str, ready: Any) -> None:
+    echo(endpoint, ready, unbounded=False)
 
 
 class RawEcho:

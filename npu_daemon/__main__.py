@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import zmq
@@ -24,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the jitter")
     p.add_argument("--hw", action="append", default=[], metavar="KEY=VALUE",
                    help="hardware knob override, e.g. pcie_bytes_per_s=7.9e9 (what-if studies)")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="serve Prometheus /metrics on http://127.0.0.1:PORT (0: off)")
     args = p.parse_args(argv)
+    exporter = None
     try:
         rdir, endpoint = prepare(args, kind="daemon")
         from services.hw import WARBOY, with_overrides
@@ -34,11 +38,24 @@ def main(argv: list[str] | None = None) -> int:
         opts = DaemonOptions(timing_only=args.timing_only, ort_threads=args.ort_threads,
                              queue_limit=args.queue_limit, time_scale=args.time_scale, jitter=args.jitter,
                              seed=args.seed, hw=with_overrides(WARBOY, args.hw))  # type: ignore[arg-type]
+        if args.metrics_port:  # bound first: a taken port fails the start before the daemon is reachable
+            from npu_daemon.metrics import MetricsExporter
+
+            exporter = MetricsExporter(args.metrics_port, args.name, opts.hw.clock_hz)
         service = DaemonService(args.name, endpoint, options=opts, **service_kwargs(args))
     except (NpusimError, zmq.ZMQError) as e:
+        if exporter is not None:
+            exporter.close()
         print(f"npusim daemon: {e}", file=sys.stderr)
         return 2
-    return serve(service, kind="daemon", rdir=rdir, ephemeral=args.ephemeral)
+    if exporter is not None:
+        exporter.attach(service)
+        logging.getLogger("npusim").info("%s: Prometheus metrics on %s", args.name, exporter.url)
+    try:
+        return serve(service, kind="daemon", rdir=rdir, ephemeral=args.ephemeral)
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 if __name__ == "__main__":

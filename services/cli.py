@@ -76,11 +76,14 @@ def daemon(
     seed: int = typer.Option(0, help="seed of the jitter"),
     hw: list[str] = typer.Option([], help="hardware knob KEY=VALUE, e.g. pcie_bytes_per_s=7.9e9 (repeatable)"),
     curve_dir: Optional[Path] = typer.Option(None, help="CURVE key directory (required beyond loopback)"),
+    metrics_port: int = typer.Option(0, min=0, max=65535, help="serve Prometheus /metrics on 127.0.0.1:PORT (0: off)"),
 ) -> None:
     """Run one emulated NPU device in the foreground."""
     args = _service_args(device, bind, run_dir, curve_dir)
     args += ["--ort-threads", str(ort_threads), "--time-scale", str(time_scale), "--jitter", str(jitter),
              "--seed", str(seed)]
+    if metrics_port:
+        args += ["--metrics-port", str(metrics_port)]
     for item in hw:
         args += ["--hw", item]
     if timing_only:
@@ -95,10 +98,12 @@ def up(
     run_dir: Optional[Path] = typer.Option(None, help="run directory"),
     timing_only: bool = typer.Option(False, help="daemons emulate timing only"),
     curve_dir: Optional[Path] = typer.Option(None, help="CURVE key directory (required beyond loopback)"),
+    metrics_port: int = typer.Option(0, min=0, max=65535,
+                                     help="npuN serves Prometheus /metrics on 127.0.0.1:PORT+N (0: off)"),
 ) -> None:
     """Start the compiler service and N device daemons; stop them all on Ctrl-C or SIGTERM."""
     _call("services.stack_cli:up", devices=devices, bind=bind, run_dir=run_dir, timing_only=timing_only,
-          curve_dir=curve_dir)
+          curve_dir=curve_dir, metrics_port=metrics_port)
 
 
 @app.command()
@@ -108,6 +113,17 @@ def status(
 ) -> None:
     """List the running services and devices, with their PEs."""
     _call("services.stack_cli:status", run_dir=run_dir, json_out=json_out)
+
+
+@app.command()
+def top(
+    run_dir: Optional[Path] = typer.Option(None, help="run directory"),
+    once: bool = typer.Option(False, "--once", help="take two samples, print them and exit"),
+    interval: Optional[float] = typer.Option(None, help="seconds between samples (default 1, or 0.5 with --once)"),
+    fmt: str = typer.Option("table", "--format", help="table or json (without --once: one JSON line per sample)"),
+) -> None:
+    """Live per-PE view of every running device: utilisation, compute and IO share, queue, jobs/s, owner."""
+    raise typer.Exit(_call("services.top:top", run_dir=run_dir, once=once, interval=interval, fmt=fmt))
 
 
 @app.command()
@@ -149,6 +165,21 @@ def explain(
 ) -> None:
     """Show a program: every CPU and NPU operator, where it runs and why, layouts, costs, SRAM fit."""
     _call("compiler_svc.cli:explain", program_path=program, json_out=json_out)
+
+
+@app.command()
+def estimate(
+    model: Path = typer.Argument(..., exists=True, dir_okay=False, help="an ONNX model or an .enf program"),
+    target_npu: str = typer.Option("all", help="warboy (one PE), warboy-2pe (fused pe0-1) or all"),
+    batch_size: list[int] = typer.Option([], "-b", "--batch-size", help="batch to compile for (repeatable; "
+                                         "default 1 and 8; an .enf keeps its own)"),
+    hw: list[str] = typer.Option([], help="what-if hardware knob KEY=VALUE, e.g. sram_per_slice=131072 (repeatable)"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Predict a model's cost without a daemon: per-operator cycles, NPU and DMA time, and latency and
+    throughput per PE mode (pe0, pe0-1, pe0+pe1) and batch size."""
+    _call("compiler_svc.estimate:estimate_cmd", model=model, target_npu=target_npu, batch_size=batch_size, hw=hw,
+          json_out=json_out)
 
 
 @keys_app.command("generate")

@@ -48,7 +48,7 @@ class TimingParams:
 
     mac_efficiency: float = 0.5  # fraction of peak MAC/cycle a well-shaped layer reaches
     op_overhead_cycles: float = 2000.0  # per NPU operator: instruction issue, pipeline fill
-    job_overhead_ns: float = 20_000.0  # per job: doorbell, descriptor set-up, completion interrupt
+    job_overhead_ns: float = 2_000.0  # per job: doorbell, descriptor set-up, completion interrupt
 
 
 @cache

@@ -37,8 +37,12 @@ def endpoints_for(devices: int, bind: str | None, rdir: Path) -> dict[str, str]:
     return {n: f"tcp://{host}:{parts.port + i}" for i, n in enumerate(names)}
 
 
-def up(*, devices: int, bind: str | None, run_dir: Path | None, timing_only: bool, curve_dir: Path | None) -> None:
+def up(*, devices: int, bind: str | None, run_dir: Path | None, timing_only: bool, curve_dir: Path | None,
+       metrics_port: int = 0) -> None:
     rdir = resolve_run_dir(run_dir)
+    if metrics_port and metrics_port + devices - 1 > 65535:
+        raise ConfigError(f"--metrics-port {metrics_port}: npu{devices - 1} would need port "
+                          f"{metrics_port + devices - 1}; give a base port ≤ {65536 - devices}")
     running = records(rdir)
     if running:
         names = ", ".join(f"{r.name} (pid {r.pid})" for r in running)
@@ -48,6 +52,7 @@ def up(*, devices: int, bind: str | None, run_dir: Path | None, timing_only: boo
     for ep in eps.values():
         check_bind_endpoint(ep, keys)
     extra = ["--curve-dir", str(curve_dir)] if curve_dir else []
+    metrics_ports = {f"npu{i}": metrics_port + i for i in range(devices)} if metrics_port else {}
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -59,13 +64,17 @@ def up(*, devices: int, bind: str | None, run_dir: Path | None, timing_only: boo
         for name, ep in eps.items():
             kind = "compiler" if name == "compiler" else "daemon"
             args = extra + (["--timing-only"] if timing_only and kind == "daemon" else [])
+            if name in metrics_ports:
+                args += ["--metrics-port", str(metrics_ports[name])]
             children.append(launch.start(kind, name, ep, rdir, extra=args))
         launch.wait_healthy(children)
         table = Table(title=f"npusim up — run dir {rdir}")
-        for col in ("service", "endpoint", "pid"):
+        for col in ("service", "endpoint", "pid") + (("metrics",) if metrics_ports else ()):
             table.add_column(col)
         for c in children:
-            table.add_row(c.name, c.endpoint, str(c.proc.pid))
+            port = metrics_ports.get(c.name)
+            metrics = [f"http://127.0.0.1:{port}/metrics" if port else ""] if metrics_ports else []
+            table.add_row(c.name, c.endpoint, str(c.proc.pid), *metrics)
         console.print(table)
         console.print("ready — Ctrl-C to stop", style="green")
         while True:

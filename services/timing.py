@@ -88,6 +88,31 @@ class PeCounters:
     jobs: int = 0
 
 
+class _Engine:
+    """A DMA engine: busy intervals in start order; a transfer takes the first gap it fits in
+    at or after it is ready, so one PE's queued jobs never hold the link against the other's."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self.busy: list[tuple[int, int]] = []
+        self.keep = keep
+
+    def reserve(self, ready: int, duration: int) -> int:
+        start = ready
+        k = 0
+        for k, (a, b) in enumerate(self.busy):
+            if b <= start:
+                continue
+            if a >= start + duration:
+                break
+            start = b
+        else:
+            k = len(self.busy)
+        self.busy.insert(k, (start, start + duration))
+        if len(self.busy) > self.keep:
+            del self.busy[: len(self.busy) - self.keep]
+        return start
+
+
 @dataclass
 class _Pe:
     free_at: int = 0
@@ -100,8 +125,8 @@ class DeviceClock:
 
     def __init__(self, *, jitter: float = 0.0, seed: int = 0) -> None:
         self.pes = [_Pe(), _Pe()]
-        self.h2d_free = 0
-        self.d2h_free = 0
+        self.h2d = _Engine()
+        self.d2h = _Engine()
         self.jitter = jitter
         self._rng = random.Random(seed)
         self.counters = [PeCounters(), PeCounters()]
@@ -110,9 +135,8 @@ class DeviceClock:
         cores = CORES[pe]
         pes = [self.pes[c] for c in cores]
         buffer_free = max((p.buffers[0] for p in pes if len(p.buffers) == p.buffers.maxlen), default=0)
-        h2d_start = max(arrival, self.h2d_free, buffer_free)
+        h2d_start = self.h2d.reserve(max(arrival, buffer_free), st.h2d_ns)
         h2d_end = h2d_start + st.h2d_ns
-        self.h2d_free = h2d_end
         exec_start = max(h2d_end, *(p.free_at for p in pes))
         duration, shared = self._duration(cores, exec_start, st)
         exec_end = exec_start + duration
@@ -120,9 +144,8 @@ class DeviceClock:
             p.free_at = exec_end
             p.buffers.append(exec_end)
             p.runs.append((exec_start, exec_end))
-        d2h_start = max(exec_end, self.d2h_free)
+        d2h_start = self.d2h.reserve(exec_end, st.d2h_ns)
         end = d2h_start + st.d2h_ns
-        self.d2h_free = end
         return JobTimes(arrival, h2d_start, h2d_end, exec_start, exec_end, d2h_start, end, shared)
 
     def _duration(self, cores: tuple[int, ...], start: int, st: StageTiming) -> tuple[int, float]:

@@ -50,13 +50,13 @@ def fill(n: int, width: int) -> float:
 
 def array_fill(w: Work, slices: int, hw: Hardware) -> float:
     """How well an operator fills the MAC array: lanes x depth x slices (docs/timing-model.md)."""
-    lanes = max(fill(n, hw.lanes_per_slice) for n in w.lanes)
-    depth = fill(w.depth, hw.macs_per_slice // hw.lanes_per_slice)
-    return lanes * depth * fill(w.units, slices)
+    best = max(fill(lanes, hw.lanes_per_slice) * fill(units, slices) for lanes, units in w.mappings)
+    return best * fill(w.depth, hw.macs_per_slice // hw.lanes_per_slice)
 
 
 def estimate(model: onnx.ModelProto, target: Target, *, extra: list[dict[str, Any]] | None = None,
-             params: TimingParams | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+             params: TimingParams | None = None,
+             works: list[tuple[onnx.NodeProto, Work]] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-operator cost records and the stage estimate for ``target`` (docs/timing-model.md).
 
     compute = MACs / (MAC/cycle x mac_efficiency x array fill) + vector ops / vector lanes;
@@ -65,10 +65,11 @@ def estimate(model: onnx.ModelProto, target: Target, *, extra: list[dict[str, An
               an operator's activations when they do not fit what is left;
     cycles  = max(compute, memory) + op_overhead_cycles.
     ``npu_cycles_shared`` is the same with half the DRAM bandwidth: the other PE streaming too.
+    ``works``: ``op_work(model)`` already computed (a parameter fit re-estimates one graph often).
     """
     params = params or timing_params()
     hw = target.hw
-    works = op_work(model)
+    works = works if works is not None else op_work(model)
     total_weights = sum(w.weight_bytes for _, w in works)
     weights_resident = total_weights <= target.sram_bytes * hw.weight_sram_fraction
     free_sram = target.sram_bytes - (total_weights if weights_resident else 0)

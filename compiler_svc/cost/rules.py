@@ -23,10 +23,13 @@ def conv(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
         macs = math.prod(out) * w[1] * k
         cout, depth = w[0], w[1] * k
     rows = out[0] * (out[2] if len(out) > 2 else 1)
+    width = out[-1] if len(out) > 2 else 1
+    # lanes along the output width (one unit per row and channel), or along the output
+    # channels (one unit per row, column and group of 32 channels)
     return Work(macs=macs, weight_bytes=weights.get(node.input[1], 0),
                 in_bytes=shapes.bytes(node.input[0]), out_bytes=shapes.bytes(node.output[0]),
-                lanes=(out[-1] if len(out) > 2 else 1, max(cout // group, 1)), depth=depth,
-                units=rows * -(-cout // 32))
+                mappings=((width, rows * cout), (max(cout // group, 1), rows * width * group * -(-cout // group // 32))),
+                depth=depth)
 
 
 def gemm(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
@@ -36,7 +39,7 @@ def gemm(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:
     m = out[-1] if out else 1
     return Work(macs=math.prod(out) * k, weight_bytes=sum(weights.get(i, 0) for i in node.input[1:]),
                 in_bytes=shapes.bytes(node.input[0]), out_bytes=shapes.bytes(node.output[0]),
-                lanes=(m,), depth=k, units=max(math.prod(out[:-1]), 1) * -(-m // 32))
+                mappings=((m, max(math.prod(out[:-1]), 1) * -(-m // 32)),), depth=k)
 
 
 def pool(node: onnx.NodeProto, shapes: Shapes, weights: dict[str, int]) -> Work:

@@ -12,18 +12,17 @@ from services.errors import CompileError
 
 @dataclass
 class Work:
-    """What one operator asks of the chip. ``lanes``/``depth``/``units`` say how its MACs map
-    onto the array (see ``model.fill``): output columns over a slice's 32 lanes, reduction
-    depth over its 4 MAC rows, independent output rows over the slices."""
+    """What one operator asks of the chip. ``mappings``/``depth`` say how its MACs can map onto
+    the array (see ``model.array_fill``): each mapping is (items over a slice's 32 lanes,
+    independent units over the slices); the reduction depth goes over the 4 MAC rows."""
 
     macs: int = 0
     vector_ops: int = 0
     weight_bytes: int = 0
     in_bytes: int = 0
     out_bytes: int = 0
-    lanes: tuple[int, ...] = (32,)  # candidate lane mappings; the compiler takes the best filled
+    mappings: tuple[tuple[int, int], ...] = ((32, 1 << 20),)  # the compiler takes the best filled
     depth: int = 4
-    units: int = 1 << 20
 
 
 class Shapes:

@@ -659,10 +659,10 @@ def test_fused_pes_are_faster_for_a_compute_bound_model() -> None:
     conv_one = next(o for o in one.stages[0].ops if o["name"] == "conv")
     conv_fused = next(o for o in fused.stages[0].ops if o["name"] == "conv")
     assert conv_one["bound"] == conv_fused["bound"] == "compute"
-    assert 1.5 < conv_one["cycles"] / conv_fused["cycles"] <= 2.0
-    # A tiny model is dominated by fixed costs: the estimates differ, but by far less.
+    assert 1.2 < conv_one["cycles"] / conv_fused["cycles"] <= 2.0  # below 2: 128 slices fill less well
+    # A tiny model fills a few slices either way and is dominated by fixed costs: fusing gains less.
     tiny_one, tiny_fused = _program("nchw_w32", target_npu="warboy"), _program("nchw_w32", target_npu="warboy-2pe")
-    assert tiny_one.estimate != tiny_fused.estimate
+    assert tiny_one.stages[0].estimate["sram_bytes"] * 2 == tiny_fused.stages[0].estimate["sram_bytes"]
     assert tiny_one.estimate["npu_ns"] / tiny_fused.estimate["npu_ns"] < \
         one.estimate["npu_ns"] / fused.estimate["npu_ns"]
 
