@@ -38,8 +38,15 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize  # noqa: E402
+from compiler_svc import (  # noqa: E402
+    CalibrationMethod,
+    Calibrator,
+    compile,
+    optimize_model,
+    quantize,
+)
 from compiler_svc.cost import estimate, op_work  # noqa: E402
+from compiler_svc.estimate import layout_costs  # noqa: E402
 from services import zoo  # noqa: E402
 from services.hw import FITTED, TARGETS, TimingParams, timing_params  # noqa: E402
 from services.program import Program  # noqa: E402
@@ -55,19 +62,15 @@ class Model:
     def __init__(self, program: Program) -> None:
         if len(program.stages) != 1:
             raise SystemExit(f"expected one NPU stage, got {len(program.stages)}")
-        st = program.stages[0]
+        self.stage = program.stages[0]
         self.target = TARGETS[program.target]
-        self.graph = onnx.load_from_string(st.graph)
+        self.graph = onnx.load_from_string(self.stage.graph)
         self.works = op_work(self.graph)
-        self.extra = [{"name": o["name"], "op_type": o["op_type"], "bytes": o["dram_bytes"]}
-                      for o in st.ops if o["op_type"] in ("Lower", "Unlower") and not o["macs"]]
-        self.in_bytes = sum(t.size for t in st.device_inputs)
-        self.out_bytes = sum(t.size for t in st.device_outputs)
-        self.batch = program.batch_size
+        self.extra = layout_costs(self.stage)
 
     def timing(self, params: TimingParams) -> StageTiming:
         _, est = estimate(self.graph, self.target, extra=self.extra, params=params, works=self.works)
-        return StageTiming.of(est, self.in_bytes, self.out_bytes, self.target.hw)
+        return StageTiming.for_stage(self.stage, self.target.hw, estimate=est)
 
 
 def _quantised(name: str, samples: int) -> bytes:

@@ -38,7 +38,7 @@ from services.program import NpuStage, Program, is_program
 from services.timing import StageTiming, single_stream, throughput
 
 __all__ = ["CALIBRATION_SAMPLES", "DEFAULT_BATCHES", "MODES", "ProgramEstimate", "compile_programs", "estimate_cmd",
-           "estimate_program", "merge", "recost_stage", "stage_timing"]
+           "estimate_program", "layout_costs", "merge", "recost_stage", "stage_timing"]
 
 MODES: dict[str, dict[str, list[str]]] = {
     "warboy": {"pe0": ["pe0"], "pe0+pe1": ["pe0", "pe1"]},
@@ -53,18 +53,22 @@ LAYOUT_OPS = ("Lower", "Unlower")
 
 
 # -- re-costing and timing ------------------------------------------------------------------------
+def layout_costs(stage: NpuStage) -> list[dict[str, Any]]:
+    """The Lower/Unlower passes the partitioner costed, as ``estimate(extra=...)`` takes them."""
+    return [{"name": o["name"], "op_type": o["op_type"], "bytes": int(o.get("dram_bytes", 0))}
+            for o in stage.ops if o.get("op_type") in LAYOUT_OPS]
+
+
 def recost_stage(stage: NpuStage, target_name: str, hw: Hardware) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The stage's per-operator records and estimate on ``hw``: the compiler's cost model run
     again on the stage graph, with the Lower/Unlower passes the partitioner costed."""
-    extra = [{"name": o["name"], "op_type": o["op_type"], "bytes": int(o.get("dram_bytes", 0))}
-             for o in stage.ops if o.get("op_type") in LAYOUT_OPS]
-    return cost_estimate(onnx.load_from_string(stage.graph), resolve_target(target_name, hw), extra=extra)
+    return cost_estimate(onnx.load_from_string(stage.graph), resolve_target(target_name, hw),
+                         extra=layout_costs(stage))
 
 
 def stage_timing(stage: NpuStage, estimate: dict[str, Any], hw: Hardware) -> StageTiming:
     """Per-job constants as the daemon computes them at OPEN (time scale 1)."""
-    return StageTiming.of(estimate, sum(t.size for t in stage.device_inputs),
-                          sum(t.size for t in stage.device_outputs), hw)
+    return StageTiming.for_stage(stage, hw, estimate=estimate)
 
 
 def merge(timings: list[StageTiming]) -> StageTiming:

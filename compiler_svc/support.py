@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from compiler_svc.graph import GraphIndex, attr, dims
 
@@ -44,15 +43,7 @@ class GraphInfo:
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> GraphInfo:
-        shapes: dict[str, tuple[int, ...]] = {}
-        for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-            dims = vi.type.tensor_type.shape.dim
-            if all(d.HasField("dim_value") for d in dims):
-                shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
-        consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-        shapes.update({k: v.shape for k, v in consts.items()})
-        producers = {o: n for n in model.graph.node for o in n.output}
-        return cls(shapes, producers, consts)
+        return cls.from_index(GraphIndex.of(model))
 
     @classmethod
     def from_index(cls, idx: GraphIndex) -> GraphInfo:

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from services.errors import ConfigError
+from services.top import pe_rates
 
 if TYPE_CHECKING:
     from npu_daemon.server import DaemonService
@@ -49,7 +50,7 @@ class DaemonCollector:
         self.device = device
         self.clock_hz = clock_hz
         self.service: DaemonService | None = None
-        self._prev: dict[str, tuple[int, int]] = {}  # core -> (cycles, task_cycles) at the last scrape
+        self._prev: dict[str, dict[str, Any]] = {}  # core -> its counters at the last scrape
         self._lock = threading.Lock()  # scrapes may run concurrently (threaded HTTP server)
 
     def snapshot(self) -> dict[str, Any] | None:
@@ -84,15 +85,10 @@ class DaemonCollector:
         with self._lock:
             for pe, k in pes.items():
                 core = _core(pe)
-                cycles, task = int(k.get("cycles", 0)), int(k.get("task_cycles", 0))
-                c0, t0 = self._prev.get(core, (0, 0))
-                if cycles < c0:  # cannot happen within one process; be safe rather than negative
-                    c0, t0 = 0, 0
-                self._prev[core] = (cycles, task)
-                d_cycles = cycles - c0
-                pct = 100.0 * (task - t0) / d_cycles if d_cycles > 0 else 0.0
+                rates = pe_rates(self._prev.get(core, {}), k, 0.0)  # the same arithmetic as npusim top
+                self._prev[core] = k
                 values = [self.device, core]
-                util.add_metric(values, min(100.0, max(0.0, pct)))
+                util.add_metric(values, rates.utilization_pct)
                 freq.add_metric(values, self.clock_hz / 1e6)
                 queue.add_metric(values, int(k.get("queue", 0)))
                 for key, fam in totals.items():

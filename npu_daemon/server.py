@@ -34,10 +34,16 @@ from services.errors import (
     TargetMismatch,
 )
 from services.hw import WARBOY, Hardware
-from services.timing import CORES, DeviceClock, JobTimes, StageTiming
-from services.program import NpuStage, Program
-from services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind, Message, error_message
+from services.program import Program
+from services.protocol import (
+    HEARTBEAT_INTERVAL_S,
+    HEARTBEAT_LIVENESS,
+    Kind,
+    Message,
+    error_message,
+)
 from services.server import Request, Service
+from services.timing import CORES, DeviceClock, JobTimes, StageTiming
 
 __all__ = ["DaemonService", "DaemonOptions"]
 
@@ -55,12 +61,6 @@ class DaemonOptions:
     hw: Hardware = WARBOY
     jitter: float = 0.0  # relative standard deviation of execution time; 0 = deterministic
     seed: int = 0
-
-
-def stage_timing(stage: NpuStage, opts: DaemonOptions) -> StageTiming:
-    """Per-job constants of one NPU stage, computed once at OPEN."""
-    return StageTiming.of(stage.estimate, sum(t.size for t in stage.device_inputs),
-                          sum(t.size for t in stage.device_outputs), opts.hw, opts.time_scale)
 
 
 @dataclass
@@ -158,7 +158,8 @@ class DaemonService(Service):
                              details={"device": self.name, "pe": pe, "holder": holder.name})
         handle = uuid.uuid4().hex
         s = OpenSession(handle, pe, body["session"], body.get("client_pid"), program,
-                        [stage_timing(st, self.options) for st in program.stages],
+                        [StageTiming.for_stage(st, self.options.hw, self.options.time_scale)
+                         for st in program.stages],
                         [[t.name for t in st.device_outputs] for st in program.stages])
         self.sessions[handle] = s
         for c in CORES[pe]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.hw import WARBOY, Hardware
+from services.program import NpuStage
 
 __all__ = ["CORES", "StageTiming", "JobTimes", "DeviceClock", "PeCounters", "single_stream", "throughput"]
 
@@ -52,6 +53,13 @@ class StageTiming:
                    d2h_ns=int(out_bytes / hw.pcie_bytes_per_s * 1e9 * scale),
                    exec_ns=int(alone * scale), exec_shared_ns=int(shared * scale), compute_ns=int(compute * scale),
                    cycles=int(estimate.get("npu_cycles", 0)), in_bytes=in_bytes, out_bytes=out_bytes)
+
+    @classmethod
+    def for_stage(cls, stage: NpuStage, hw: Hardware = WARBOY, scale: float = 1.0,
+                  estimate: dict[str, Any] | None = None) -> StageTiming:
+        """One program stage's constants (``estimate``: a re-costed one instead of the stored)."""
+        return cls.of(stage.estimate if estimate is None else estimate, sum(t.size for t in stage.device_inputs),
+                      sum(t.size for t in stage.device_outputs), hw, scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +163,11 @@ class DeviceClock:
         if len(cores) == 1 and base > 0 and st.exec_shared_ns > base:
             other = self.pes[1 - cores[0]]
             end = start + base
-            overlap = sum(max(0, min(b, end) - max(a, start)) for a, b in other.runs)
+            overlap = 0
+            for a, b in reversed(other.runs):  # in time order: stop at the first run over before us
+                if b <= start:
+                    break
+                overlap += max(0, min(b, end) - max(a, start))
             shared = min(1.0, overlap / base)
             base = int(base + (st.exec_shared_ns - base) * shared)
         if self.jitter > 0:
@@ -164,12 +176,12 @@ class DeviceClock:
 
     def account(self, pe: str, t: JobTimes, st: StageTiming) -> None:
         """Add a finished job to its PEs' counters."""
-        stretch = (t.exec_end - t.exec_start) / st.exec_ns if st.exec_ns else 1.0
+        duration = t.exec_end - t.exec_start
+        stretch = min(1.0, duration / st.exec_ns) if st.exec_ns else 1.0  # jitter may shorten a run
         for c in CORES[pe]:
             k = self.counters[c]
-            k.task_ns += t.exec_end - t.exec_start
-            k.tensor_ns += int(min(st.compute_ns * stretch, t.exec_end - t.exec_start)
-                               if stretch < 1 else min(st.compute_ns, t.exec_end - t.exec_start))
+            k.task_ns += duration
+            k.tensor_ns += int(min(st.compute_ns * stretch, duration))
             k.io_ns += (t.h2d_end - t.h2d_start) + (t.end - t.d2h_start)
             k.jobs += 1
 

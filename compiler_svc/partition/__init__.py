@@ -64,12 +64,15 @@ class _Builder:
     sources: dict[str, TensorSpec] = field(default_factory=dict)  # tensor → its NHWC copy on the host
     names: set[str] = field(default_factory=set)  # env tensor names in use
     notes: list[str] = field(default_factory=list)
+    _specs: dict[str, TensorSpec] = field(default_factory=dict)
 
     def spec(self, t: str) -> TensorSpec:
-        """The logical int8 tensor ``t`` as the graph computes on it."""
-        shape = self.idx.shape(t)
-        return TensorSpec(t, self.idx.dtype(t), shape, axes_of(self.idx, t, len(shape)), "logical",
-                          self.idx.zero_point(t))
+        """The logical int8 tensor ``t`` as the graph computes on it (its axes take a graph walk: once)."""
+        if t not in self._specs:
+            shape = self.idx.shape(t)
+            self._specs[t] = TensorSpec(t, self.idx.dtype(t), shape, axes_of(self.idx, t, len(shape)), "logical",
+                                        self.idx.zero_point(t))
+        return self._specs[t]
 
     def have(self, t: str, form: str, spec: TensorSpec) -> None:
         self.forms[(t, form)] = spec
