@@ -119,6 +119,22 @@ def _echo(endpoint: str, ready: Any) -> None:
     echo(endpoint, ready, unbounded=True)
 
 
+def _thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds per thread kind of a process (Linux /proc; empty elsewhere): the loop thread
+    ("python") against zmq's I/O thread shows where a job's time goes without a profiler."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            key = "zmq_io" if name.startswith("ZMQbg/IO") else "loop" if name == "python" else "other"
+            out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    except OSError:
+        return {}
+    return out
+
+
 def capacity(tmp: str, jobs: int, sockets: int, window: int) -> dict[str, float]:
     """Jobs/s of a daemon with no emulated time, and the raw echo rate with the same driver."""
     daemon = launch.start("daemon", "npu0", f"ipc://{tmp}/cap.sock", Path(tmp),
@@ -137,11 +153,14 @@ def capacity(tmp: str, jobs: int, sockets: int, window: int) -> dict[str, float]
         frames = encode(Message(Kind.RUN, 1, {"handle": handle, "stage": 0}, [("input", x)]))
         drive(ctx, daemon.endpoint, frames, min(jobs, 2000), sockets=sockets, window=window, check=True)  # warm-up
         rates, raws = [], []
+        cpu0 = _thread_cpu_s(daemon.proc.pid)
         for _ in range(3):  # interleaved, best of three: both see the same host load
             rates.append(drive(ctx, daemon.endpoint, frames, jobs, sockets=sockets, window=window, check=True))
             raws.append(drive(ctx, echo_ep, frames, jobs, sockets=sockets, window=window, check=False))
+        cpu1 = _thread_cpu_s(daemon.proc.pid)
+        cpu = {f"daemon_{k}_cpu_us_per_job": 1e6 * (cpu1[k] - cpu0.get(k, 0.0)) / (3 * jobs) for k in cpu1}
         rate, raw = max(rates), max(raws)
-        return {"jobs_per_s": rate, "raw_zmq_msgs_per_s": raw, "ratio_to_goal": rate / GOAL_JOBS_PER_S,
+        return {**cpu, "jobs_per_s": rate, "raw_zmq_msgs_per_s": raw, "ratio_to_goal": rate / GOAL_JOBS_PER_S,
                 "ratio_to_raw": rate / raw, "us_per_job": 1e6 / rate, "raw_us_per_msg": 1e6 / raw,
                 "daemon_us_above_raw": 1e6 / rate - 1e6 / raw, "jobs": jobs, "sockets": sockets, "window": window}
     finally:
@@ -274,6 +293,9 @@ def main() -> None:
           f"× goal {GOAL_JOBS_PER_S:,}: {c['ratio_to_goal']:.2f}")
     print(f"  raw echo    {c['raw_zmq_msgs_per_s']:>9,.0f} msgs/s  ({c['raw_us_per_msg']:.1f} µs/msg)   "
           f"daemon / raw: {c['ratio_to_raw']:.2f}  (+{c['daemon_us_above_raw']:.1f} µs per job)")
+    if "daemon_loop_cpu_us_per_job" in c:
+        print(f"  daemon CPU  {c['daemon_loop_cpu_us_per_job']:.1f} µs/job on its loop thread, "
+              f"{c.get('daemon_zmq_io_cpu_us_per_job', 0.0):.1f} µs/job on zmq's I/O thread")
     print(f"jitter: {j['jobs']} sequential jobs of ~{JITTER_EXEC_NS / 1e3:.0f} µs, --jitter 0")
     print(f"  emulated    p50 {j['emulated_p50_us']:.2f} µs  p99 {j['emulated_p99_us']:.2f} µs  "
           f"p99/p50 {j['emulated_p99_over_p50']:.4f} (goal ≤ {GOAL_JITTER})  max/min {j['emulated_max_over_min']:.4f}")

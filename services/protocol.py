@@ -91,7 +91,7 @@ class Kind(enum.IntEnum):
     STOP = 45
 
 
-_KINDS = frozenset(int(k) for k in Kind)
+_KINDS = {int(k): k for k in Kind}  # a dict lookup is ten times cheaper than Kind(k)
 
 _Spec = tuple[tuple[type, ...], bool]
 _STR: _Spec = ((str,), True)
@@ -221,7 +221,7 @@ def decode(frames: Sequence[Any], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
     k = h.get("k")
     if type(k) is not int or k not in _KINDS:
         raise ProtocolError(f"unknown message kind {k!r}")
-    kind = Kind(k)
+    kind = _KINDS[k]
     rid = h.get("id")
     if type(rid) is not int or not 0 <= rid < 2**63:
         raise ProtocolError(f"request id must be a non-negative integer, got {rid!r}")

@@ -98,26 +98,34 @@ class PeCounters:
 
 class _Engine:
     """A DMA engine: busy intervals in start order; a transfer takes the first gap it fits in
-    at or after it is ready, so one PE's queued jobs never hold the link against the other's."""
+    at or after it is ready, so one PE's queued jobs never hold the link against the other's.
+
+    Intervals that end before ``floor`` (the latest arrival seen: no later transfer can be
+    ready before it) are dropped, so the scan covers only transfers still pending; a daemon
+    at thousands of jobs a second would otherwise walk its whole history on every job."""
 
     def __init__(self, keep: int = 256) -> None:
-        self.busy: list[tuple[int, int]] = []
+        self.busy: deque[tuple[int, int]] = deque()
         self.keep = keep
 
-    def reserve(self, ready: int, duration: int) -> int:
+    def reserve(self, ready: int, duration: int, floor: int = 0) -> int:
+        busy = self.busy
+        while busy and busy[0][1] <= floor:
+            busy.popleft()
+        if duration <= 0:
+            return ready  # an empty transfer holds the link for no time
         start = ready
-        k = 0
-        for k, (a, b) in enumerate(self.busy):
+        k = len(busy)
+        for i, (a, b) in enumerate(busy):
             if b <= start:
                 continue
             if a >= start + duration:
+                k = i
                 break
             start = b
-        else:
-            k = len(self.busy)
-        self.busy.insert(k, (start, start + duration))
-        if len(self.busy) > self.keep:
-            del self.busy[: len(self.busy) - self.keep]
+        busy.insert(k, (start, start + duration))
+        if len(busy) > self.keep:
+            busy.popleft()
         return start
 
 
@@ -138,12 +146,14 @@ class DeviceClock:
         self.jitter = jitter
         self._rng = random.Random(seed)
         self.counters = [PeCounters(), PeCounters()]
+        self._floor = 0  # latest arrival scheduled: arrivals never go back in time
 
     def schedule(self, pe: str, arrival: int, st: StageTiming) -> JobTimes:
         cores = CORES[pe]
         pes = [self.pes[c] for c in cores]
+        self._floor = max(self._floor, arrival)
         buffer_free = max((p.buffers[0] for p in pes if len(p.buffers) == p.buffers.maxlen), default=0)
-        h2d_start = self.h2d.reserve(max(arrival, buffer_free), st.h2d_ns)
+        h2d_start = self.h2d.reserve(max(arrival, buffer_free), st.h2d_ns, self._floor)
         h2d_end = h2d_start + st.h2d_ns
         exec_start = max(h2d_end, *(p.free_at for p in pes))
         duration, shared = self._duration(cores, exec_start, st)
@@ -152,7 +162,7 @@ class DeviceClock:
             p.free_at = exec_end
             p.buffers.append(exec_end)
             p.runs.append((exec_start, exec_end))
-        d2h_start = self.d2h.reserve(exec_end, st.d2h_ns)
+        d2h_start = self.d2h.reserve(exec_end, st.d2h_ns, self._floor)
         end = d2h_start + st.d2h_ns
         return JobTimes(arrival, h2d_start, h2d_end, exec_start, exec_end, d2h_start, end, shared)
 
