@@ -11,7 +11,7 @@ import numpy as np
 from services.errors import InvalidDtype, InvalidInput
 from services.program import TensorSpec
 
-__all__ = ["TensorDesc", "check_inputs"]
+__all__ = ["TensorDesc", "Tensor", "TensorArray", "check_inputs", "tensor_array"]
 
 _DTYPE_NAMES = {"float32": "FLOAT32", "float16": "FLOAT16", "int8": "INT8", "uint8": "UINT8",
                 "int16": "INT16", "int32": "INT32", "int64": "INT64", "bool": "BOOL"}
@@ -70,3 +70,22 @@ def check_inputs(inputs: Any, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
             raise InvalidInput(f"input {s.name!r}: expected shape {s.shape} ({want}) but got {a.shape}")
         out.append(a)  # the arena copy (or the frame encoder) takes any strides
     return out
+
+
+class Tensor(np.ndarray):
+    """An output array of the legacy API: a numpy array that also has the SDK's ``.numpy()``,
+    so code written as ``outputs[0].numpy()`` runs unchanged."""
+
+    def numpy(self) -> np.ndarray:
+        return self.view(np.ndarray)
+
+
+class TensorArray(list):  # type: ignore[type-arg]
+    """What the legacy ``Session.run`` returns: a list of :class:`Tensor`."""
+
+    def numpy(self) -> list[np.ndarray]:
+        return [t.numpy() for t in self]
+
+
+def tensor_array(arrays: Sequence[np.ndarray]) -> TensorArray:
+    return TensorArray(a.view(Tensor) for a in arrays)

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,8 @@ class Worker:
         env: dict[str, np.ndarray] = {spec.name: x for spec, x in zip(p.inputs, inputs)}
         timings: list[dict[str, Any]] = []
         collect = bool(msg.body.get("collect"))
+        started = time.perf_counter_ns()
+        waited = 0  # in NPU round trips: the rest of the job is this worker's CPU time
         for step, runner in zip(p.steps, self.runners):
             if isinstance(step, OpStep):
                 env[step.output] = runner.run(env[step.input])
@@ -105,12 +108,17 @@ class Worker:
                 env.update(_run_graph(runner, step, env))
             else:
                 tp = tracing.inject() if trace.get_current_span().is_recording() else None
+                t0 = time.perf_counter_ns()
                 reply = self.daemon.request(Kind.RUN, {"handle": self.handle, "stage": step.stage, "collect": collect},
                                             [(n, env[n]) for n in step.inputs], traceparent=tp)
+                waited += time.perf_counter_ns() - t0
                 remote.extend(reply.body.get("spans") or [])
                 timings.append(reply.body.get("timing", {}))
                 env.update((n, a) for n, (_, a) in zip(step.outputs, reply.tensors))
-        return [(spec.name, env[spec.name]) for spec in p.outputs], _timing(timings)
+        timing = _timing(timings)
+        total = time.perf_counter_ns() - started
+        timing.update(worker_ns=total, npu_wait_ns=waited, cpu_ns=total - waited, worker=self.index)
+        return [(spec.name, env[spec.name]) for spec in p.outputs], timing
 
 
 def _runner(step: OpStep | CpuStep | NpuStep) -> Any:
@@ -141,7 +149,8 @@ def _timing(stages: list[dict[str, Any]]) -> dict[str, Any]:
     """One NPU stage: its timing; several: their sums, and each under ``stages``."""
     if len(stages) == 1:
         return dict(stages[0], stages=stages)
-    return {"emulated_ns": sum(t.get("emulated_ns", 0) for t in stages),
+    return {"exec_ns": sum(t.get("exec_ns", 0) for t in stages),
+            "emulated_ns": sum(t.get("emulated_ns", 0) for t in stages),
             "replied_ns": sum(t.get("replied_ns", 0) for t in stages),
             "host_bound": any(t.get("host_bound") for t in stages),
             "zero_filled": any(t.get("zero_filled") for t in stages), "stages": stages}

@@ -4,8 +4,11 @@ Workers are separate processes (``python -m client._worker``), not threads, so t
 operators run outside the caller's interpreter and in parallel with the NPU. Each worker
 announces itself with READY, gets its program and arena with SETUP, then serves one job at
 a time. A worker that dies, or stops answering, is killed and replaced; the job it held
-ends in :class:`~services.errors.WorkerCrashed`. (Today a session hands out one job at a
-time; several in flight over several workers come with the asynchronous API.)
+ends in :class:`~services.errors.WorkerCrashed`.
+
+The pool is driven by one thread (the session's dispatcher, :mod:`client._engine`): it
+hands a job to an idle worker with :meth:`WorkerPool.start` and collects what finished
+with :meth:`WorkerPool.poll`, so as many jobs run at once as there are workers.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
@@ -35,6 +38,16 @@ log = logging.getLogger("npusim.client")
 START_TIMEOUT_S = 60.0
 
 
+@dataclass(frozen=True)
+class Target:
+    """One opened PE a worker sends its NPU stages to."""
+
+    daemon: str  # endpoint
+    device: str  # e.g. npu0pe0-1
+    handle: str
+    max_message_bytes: int | None = None
+
+
 @dataclass
 class _Worker:
     index: int
@@ -43,7 +56,19 @@ class _Worker:
     setup_sent: bool = False
     ready: bool = False  # SETUP_OK received
     busy_with: int | None = None
+    deadline: float = 0.0  # of the job it holds (time.monotonic)
     arena: Arena | None = None
+    jobs: int = 0
+
+
+@dataclass
+class Finished:
+    """A job's end: its DONE (outputs copied out of the arena) or its ERROR."""
+
+    rid: int
+    msg: Message
+    worker: int
+    outputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
 class WorkerPool:
@@ -54,11 +79,14 @@ class WorkerPool:
         self._dir = tempfile.mkdtemp(prefix="npusim-w-", dir="/tmp")
         self.endpoint = f"ipc://{self._dir}/w.sock"
         self.workers: list[_Worker] = []
-        self._setup: Message | None = None
+        self._targets: list[Target] = []
+        self._blob: np.ndarray | None = None
+        self._timeout_s = 60.0
         self._program: Program | None = None
         self._setup_error: NpusimError | None = None
-        self._next_id = 1
-        self._pending: dict[int, Message] = {}
+        self._finished: list[Finished] = []
+        self._poller: zmq.Poller | None = None
+        self._poller_fd = -1
         try:
             self.sock = new_socket(self.ctx, zmq.ROUTER)
             self.sock.bind(self.endpoint)
@@ -74,15 +102,13 @@ class WorkerPool:
         return _Worker(index, subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True))
 
     # -- start-up ---------------------------------------------------------------------
-    def setup(self, program: Program, blob: bytes, *, daemon: str, device: str, handle: str,
-              timeout_s: float, max_message_bytes: int | None = None) -> None:
-        """Send every worker the program and its device; wait until all are ready."""
+    def setup(self, program: Program, blob: bytes, targets: list[Target], *, timeout_s: float) -> None:
+        """Send every worker the program and its PE (worker i uses ``targets[i % len]``); wait until
+        all are ready."""
         self._program = program
-        body: dict[str, object] = {"daemon": daemon, "device": device, "handle": handle, "timeout_s": timeout_s}
-        if max_message_bytes:
-            body["max_message_bytes"] = max_message_bytes
-        self._setup = Message(Kind.SETUP, 0, body,
-                              [("program", np.frombuffer(blob, dtype=np.uint8))])
+        self._targets = targets
+        self._timeout_s = timeout_s
+        self._blob = np.frombuffer(blob, dtype=np.uint8)
         self._send_setups()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(w.ready for w in self.workers):
@@ -97,16 +123,32 @@ class WorkerPool:
                                          "is the machine overloaded?")
             self._pump(100)
 
+    def target_of(self, index: int) -> Target:
+        return self._targets[index % len(self._targets)]
+
     def _send(self, w: _Worker, msg: Message) -> None:
         assert w.identity is not None
         self.sock.send_multipart([w.identity, *encode(msg)], copy=False)
 
-    def _pump(self, timeout_ms: int) -> None:
-        """Receive what arrives within ``timeout_ms`` and file it."""
-        if not self.sock.poll(timeout_ms):
-            return
-        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+    def _pump(self, timeout_ms: int, wake_fd: int | None = None) -> None:
+        """Receive what arrives within ``timeout_ms`` (or until ``wake_fd`` is readable) and file it."""
+        if wake_fd is None:
+            if not self.sock.poll(timeout_ms):
+                self._send_setups()
+                return
+        else:
+            if self._poller is None or self._poller_fd != wake_fd:
+                self._poller, self._poller_fd = zmq.Poller(), wake_fd
+                self._poller.register(self.sock, zmq.POLLIN)
+                self._poller.register(wake_fd, zmq.POLLIN)
+            if not self._poller.poll(timeout_ms):
+                self._send_setups()
+                return
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
             try:
                 msg = decode(frames[1:])
             except NpusimError as e:
@@ -134,31 +176,39 @@ class WorkerPool:
             if w.arena is not None:
                 w.arena.unlink()  # both sides have it mapped now
         elif w.busy_with is not None and w.busy_with == msg.id:
+            self._finished.append(self._collect(w, msg))
             w.busy_with = None
-            self._pending[msg.id] = msg
         # anything else is a late answer nobody waits for
 
     def _send_setups(self) -> None:
         """Give every announced worker that has none yet its arena and SETUP."""
-        if self._setup is None or self._program is None:
+        if self._blob is None or self._program is None:
             return
         for w in self.workers:
             if w.identity is None or w.setup_sent:
                 continue
             w.arena = Arena.create(self._program, f"w{w.index}")
-            body = dict(self._setup.body)
+            t = self.target_of(w.index)
+            body: dict[str, object] = {"daemon": t.daemon, "device": t.device, "handle": t.handle,
+                                       "timeout_s": self._timeout_s}
+            if t.max_message_bytes:
+                body["max_message_bytes"] = t.max_message_bytes
             if w.arena is not None:
                 body["arena"] = str(w.arena.path)
             w.setup_sent = True
-            self._send(w, Message(Kind.SETUP, 0, body, self._setup.tensors))
+            self._send(w, Message(Kind.SETUP, 0, body, [("program", self._blob)]))
 
     def _check_processes(self) -> None:
-        """Replace dead workers; the job a dead worker held ends in WorkerCrashed."""
+        """Replace dead workers and ones that overran their job's deadline."""
+        now = time.monotonic()
         for i, w in enumerate(self.workers):
             if (rc := w.proc.poll()) is not None:
                 self._replace(i, f"worker {w.index} (pid {w.proc.pid}) died with exit code {rc}")
+            elif w.busy_with is not None and now > w.deadline:
+                self._replace(i, f"worker {w.index} did not answer within {self._timeout_s:g} s")
 
     def _replace(self, i: int, why: str) -> None:
+        """Kill and respawn worker ``i``; the job it held ends in WorkerCrashed."""
         w = self.workers[i]
         if w.proc.poll() is None:
             w.proc.kill()
@@ -167,56 +217,57 @@ class WorkerPool:
             w.arena.unlink()
             w.arena.close()
         if w.busy_with is not None:
-            self._pending[w.busy_with] = error_message(w.busy_with, WorkerCrashed(
+            log.warning("%s; its request fails and the worker is replaced", why)
+            self._finished.append(Finished(w.busy_with, error_message(w.busy_with, WorkerCrashed(
                 f"{why} while running this request; it has been replaced, retry the request",
-                details={"worker": w.index}))
+                details={"worker": w.index})), w.index))
         self.workers[i] = self._spawn(w.index)
 
-    # -- jobs --------------------------------------------------------------------------
-    def call(self, tensors: list[tuple[str, np.ndarray]], *, traceparent: str | None, collect: bool,
-             timeout_s: float) -> Message:
-        """Run one job on an idle worker and return its DONE (an ERROR is raised)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self._check_processes()
-            w = next((x for x in self.workers if x.ready and x.busy_with is None), None)
-            if w is None:
-                if time.monotonic() > deadline:
-                    raise ServiceUnavailable(f"no worker became ready within {timeout_s:g} s"
-                                             + (f": {self._setup_error}" if self._setup_error else ""))
-                self._pump(50)
-                continue
-            rid = self._next_id
-            self._next_id += 1
-            sent = tensors
-            if w.arena is not None:
-                for slot, (_, arr) in zip(w.arena.inputs, tensors):
-                    np.copyto(slot, arr)
-                sent = []
-            try:
-                self._send(w, Message(Kind.JOB, rid, {"collect": collect}, sent, traceparent))
-            except zmq.ZMQError:
-                # The worker vanished after the check: nothing was delivered, use another one.
-                self._replace(self.workers.index(w), f"worker {w.index} vanished")
-                continue
-            w.busy_with = rid
-            break
-        while rid not in self._pending:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._replace(self.workers.index(w), f"worker {w.index} did not answer within {timeout_s:g} s")
-                break
-            self._pump(min(100, max(1, int(remaining * 1000))))
-            if rid not in self._pending:
-                self._check_processes()
-        msg = self._pending.pop(rid)
-        if msg.kind == Kind.ERROR:
-            raise from_wire(msg.body)
-        if msg.tensors:
-            msg.tensors = [(n, np.array(a)) for n, a in msg.tensors]
-        elif w.arena is not None and self._program is not None:
-            msg.tensors = [(s.name, v.copy()) for s, v in zip(self._program.outputs, w.arena.outputs)]
-        return msg
+    # -- jobs (one thread drives these) ----------------------------------------------
+    def idle(self) -> _Worker | None:
+        """A ready worker without a job, if any."""
+        return next((w for w in self.workers if w.ready and w.busy_with is None), None)
+
+    @property
+    def busy(self) -> int:
+        return sum(w.busy_with is not None for w in self.workers)
+
+    def start(self, w: _Worker, rid: int, tensors: list[tuple[str, np.ndarray]], *, traceparent: str | None,
+              collect: bool, timeout_s: float) -> bool:
+        """Hand job ``rid`` to idle worker ``w``; False if the worker vanished (it is replaced)."""
+        sent = tensors
+        if w.arena is not None:
+            for slot, (_, arr) in zip(w.arena.inputs, tensors):
+                np.copyto(slot, arr)
+            sent = []
+        try:
+            self._send(w, Message(Kind.JOB, rid, {"collect": collect}, sent, traceparent))
+        except zmq.ZMQError:
+            self._replace(self.workers.index(w), f"worker {w.index} vanished")
+            return False
+        w.busy_with = rid
+        w.deadline = time.monotonic() + timeout_s
+        w.jobs += 1
+        return True
+
+    def poll(self, timeout_ms: int, wake_fd: int | None = None) -> list[Finished]:
+        """Wait up to ``timeout_ms`` for jobs to end (sooner if ``wake_fd`` becomes readable);
+        return every job that ended, replacing workers that died or overran."""
+        if not self._finished:
+            self._pump(timeout_ms, wake_fd)
+        self._check_processes()
+        done, self._finished = self._finished, []
+        return done
+
+    def _collect(self, w: _Worker, msg: Message) -> Finished:
+        """Copy a DONE's outputs out of the worker's arena before it takes another job."""
+        out: list[tuple[str, np.ndarray]] = []
+        if msg.kind == Kind.DONE:
+            if msg.tensors:
+                out = [(n, np.array(a)) for n, a in msg.tensors]
+            elif w.arena is not None and self._program is not None:
+                out = [(s.name, v.copy()) for s, v in zip(self._program.outputs, w.arena.outputs)]
+        return Finished(msg.id, msg, w.index, out)
 
     def close(self, timeout_s: float = 2.0) -> None:
         for w in self.workers:

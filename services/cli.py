@@ -136,6 +136,35 @@ def demo(
     _call("client.demo:run", requests=requests, trace=trace, width=width)
 
 
+@app.command()
+def bench(
+    model: str = typer.Argument(..., help="an .onnx or .enf path, or zoo:NAME for a built-in model"),
+    devices: Optional[str] = typer.Option(None, "-d", "--devices", help="device string, e.g. 'warboy(2)*1', "
+                                          "'warboy(1)*2', 'npu0pe0' (default NPUSIM_DEVICES, else warboy(2)*1)"),
+    workers: int = typer.Option(1, "-w", "--workers", min=1, help="worker processes (CPU operators)"),
+    batch: int = typer.Option(1, "-b", "--batch", min=1, help="batch size to compile for"),
+    workload: str = typer.Option("throughput", "--workload", help="latency (L): one query at a time; "
+                                 "throughput (T): many in flight"),
+    duration: float = typer.Option(0.0, "--duration", min=0.0, help="seconds to run (0: run -n queries)"),
+    queries: int = typer.Option(100, "-n", "--queries", min=1, help="queries to run when --duration is 0"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="warm-up queries, not counted "
+                                         "(default 2 per worker, at least 5)"),
+    in_flight: Optional[int] = typer.Option(None, "--in-flight", min=1, help="throughput workload: queries in "
+                                            "flight (default max(8, 2 × workers))"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write every figure to this JSON file"),
+    trace_output: Optional[Path] = typer.Option(None, "-T", "--trace-output", help="write a Chrome/Perfetto trace "
+                                                "of the measured queries"),
+    compiler_config: Optional[Path] = typer.Option(None, "-C", "--compiler-config", help="YAML/JSON file of "
+                                                   "compiler_config keys"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object instead of the report"),
+) -> None:
+    """Load-test a model: QPS, latency percentiles, NPU utilisation, CPU vs NPU time per query, and the
+    ideal 1 / max(NPU, CPU / workers) next to the measured rate."""
+    _call("client.bench:run", model=model, device=devices, workers=workers, batch=batch, workload=workload,
+          duration=duration, queries=queries, warmup=warmup, in_flight=in_flight, output=output,
+          trace_output=trace_output, compiler_config=compiler_config, json_out=json_out)
+
+
 @app.command("compile")
 def compile_(
     model: Path = typer.Argument(..., exists=True, dir_okay=False, help="ONNX model (float or quantised)"),

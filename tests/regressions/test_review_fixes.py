@@ -26,7 +26,9 @@ import pytest
 
 import npu_daemon.server as daemon_server
 from client import _heartbeat, session
+from client import _engine as client_engine
 from client import _session as client_session
+from client._open import target_of
 from client._workers import WorkerPool
 from compiler_svc.cache import ProgramCache
 from compiler_svc.pipeline import CompileOptions, compile_model
@@ -312,16 +314,18 @@ def test_uncreatable_cache_dir_names_the_variable(tmp_path: Path, monkeypatch: p
     assert str(where) in str(ei.value)
 
 
-# -- f_silent_count: device strings asking for several PEs -------------------------------
+# -- f_silent_count: device strings a session cannot serve ------------------------------
+# (Several PEs of one kind are served since the multi-device sessions; a mix of fused and
+# single PEs, or a malformed string, is still refused before anything starts.)
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("device", ["warboy(1)*2", "npu0pe0,npu0pe1", "warboy(2)*1,npu1pe0"])
+@pytest.mark.parametrize("device", ["warboy(2)*1,npu1pe0", "npu0pe0,npu0pe0-1", "warboy(3)*1", "npu:0:1-0"])
 @pytest.mark.parametrize("via", ["argument", "env"])
-def test_multi_pe_device_is_refused_before_starting(monkeypatch: pytest.MonkeyPatch, device: str, via: str) -> None:
+def test_unservable_device_is_refused_before_starting(monkeypatch: pytest.MonkeyPatch, device: str, via: str) -> None:
     def must_not_start(*a: Any, **k: Any) -> None:
         raise AssertionError("create() started something before refusing the device string")
 
-    monkeypatch.setattr(client_session, "get_stack", must_not_start)
-    monkeypatch.setattr(client_session, "WorkerPool", must_not_start)
+    monkeypatch.setattr(client_engine, "get_stack", must_not_start)
+    monkeypatch.setattr(client_engine, "WorkerPool", must_not_start)
     if via == "env":
         monkeypatch.setenv("NPUSIM_DEVICES", device)
     with pytest.raises(ConfigError) as ei:
@@ -333,22 +337,20 @@ def test_multi_pe_device_is_refused_before_starting(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize("device", ["warboy(2)*1", "warboy(1)*1", "warboy*1", "npu0pe1", "npu:1:0-1", "npu0"])
 def test_single_pe_device_strings_are_still_accepted(device: str) -> None:
     specs = parse_devices(device)
-    assert client_session._single_pe(specs) == specs[0]
+    assert target_of(specs) == ("warboy-2pe" if specs[0].pe == "pe0-1" else "warboy")
 
 
 # -- A13: the stored lost-session error ---------------------------------------------------
 @pytest.mark.timeout(10)
 def test_lost_session_error_is_raised_fresh_each_time() -> None:
-    s = client_session.Session.__new__(client_session.Session)  # only what run() looks at before the device
-    s._state = client_session.State.OPEN
-    s._lock = threading.Lock()
+    e = client_engine.Engine.__new__(client_engine.Engine)  # only what submit() looks at before the device
+    e._closing = False
     lost = DeviceUnavailable("npu0 at ipc:///x stopped answering", details={"endpoint": "ipc:///x"})
-    s._live = _heartbeat.Liveness(lost)
-    s._lost = lost  # where the error was kept before the fix (raised as is, so its traceback grew)
+    e.live = _heartbeat.Liveness(lost)
     raised = []
     for _ in range(5):
         with pytest.raises(DeviceUnavailable) as ei:
-            s.run(X)
+            e.submit([X])
         raised.append(ei.value)
     assert all(e is not lost for e in raised)
     assert len({id(e) for e in raised}) == len(raised)
@@ -368,17 +370,18 @@ def test_heartbeat_starts_right_after_open(use_stack: RunningStack, monkeypatch:
     orig = WorkerPool.setup
 
     def slow_setup(self: WorkerPool, *a: Any, **k: Any) -> None:
-        registered.append(k["handle"] in _heartbeat_handles(k["daemon"]))
+        targets = a[2]
+        registered.append(all(t.handle in _heartbeat_handles(t.daemon) for t in targets))
         time.sleep(SLOW_SETUP_S)  # workers that take long to start (many of them, a loaded machine)
         orig(self, *a, **k)
 
     monkeypatch.setattr(WorkerPool, "setup", slow_setup)
     s = session.create(small_cnn())
     try:
-        assert s._opened is not None
+        opened = s._engine.opened[0]
         out = s.run(X)  # not released while the workers started
         assert out and out[0].size
-        assert s._opened.handle in _stats(s._opened.endpoint)["sessions"]
+        assert opened.handle in _stats(opened.endpoint)["sessions"]
         assert registered == [True], "the heartbeat did not know the session while its workers started"
     finally:
         s.close()
@@ -387,8 +390,9 @@ def test_heartbeat_starts_right_after_open(use_stack: RunningStack, monkeypatch:
 # -- e_no_gc: an unclosed session is collected and gives its PE back ---------------------
 def _create_and_drop() -> tuple[weakref.ref[client_session.Session], list[int], str, str, str]:
     s = session.create(small_cnn())
-    assert s._pool is not None and s._opened is not None
-    return weakref.ref(s), s._pool.pids(), s.device, s._opened.endpoint, s._opened.handle
+    assert s._pool is not None
+    opened = s._engine.opened[0]
+    return weakref.ref(s), s._pool.pids(), s.device, opened.endpoint, opened.handle
 
 
 @pytest.mark.timeout(45)
