@@ -4,6 +4,13 @@ A subclass implements ``infer`` (output dtype and shape from the input's) and ``
 (the numpy kernel). The inherited ``run`` traces the call as a ``cpu.<Name>`` span when
 the request is traced, and checks the kernel against ``infer``, so a kernel bug is an
 error naming the operator instead of a corrupt tensor on the NPU.
+
+Ownership: ``run`` returns a new array each call, which the caller owns. No operator keeps a
+reference to an output or writes into it later, so an output may be held across jobs (the
+worker passes it to the next step, copies it into the shared-memory arena, or sends it; a user
+may keep it). Kernels never reuse an output buffer between calls: the allocation is cheap (the
+allocator hands back the block the previous output freed, still in cache) and a reused buffer
+would be overwritten under a caller that still holds it. The input is only read.
 """
 
 from __future__ import annotations

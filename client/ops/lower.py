@@ -2,8 +2,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from client.ops._transpose import to_planar
 from client.ops.base import CpuOperator
 from services import layout
+
+
+def _lower_nhwc(x: np.ndarray, pad_value: float) -> np.ndarray:
+    """NHWC → ``N,H,C,Wp``: each image row's (W, C) matrix transposed to (C, W), all rows in one call.
+
+    Same result as ``layout.lower``, whose transposed copy steps through the interleaved channels
+    one byte at a time (≈10× a memcpy for an RGB image).
+    """
+    n, h, w, c = x.shape
+    planar = to_planar(x.reshape(n * h, w, c)).reshape(n, h, c, w)
+    wp = layout.padded(w)
+    if wp == w:
+        return planar
+    out = np.empty((n, h, c, wp), dtype=x.dtype)
+    out[..., :w] = planar
+    out[..., w:] = pad_value
+    return out
 
 
 class Lower(CpuOperator):
@@ -16,4 +34,7 @@ class Lower(CpuOperator):
         return dtype, layout.lowered_shape(shape, self.attrs["axes"])
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return layout.lower(x, self.attrs["axes"], self.attrs.get("value", 0))
+        value = self.attrs.get("value", 0)
+        if self.attrs["axes"] == "NHWC" and x.ndim == 4:
+            return _lower_nhwc(x, value)
+        return layout.lower(x, self.attrs["axes"], value)

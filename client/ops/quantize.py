@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from client.ops._ort import quantize_linear
 from client.ops.base import CpuOperator
+
+# Below this many elements the onnxruntime call (≈10 µs) costs more than numpy's passes.
+ORT_MIN_SIZE = 1 << 12
 
 
 def _quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -13,8 +19,23 @@ def _quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     np.divide(x, np.float32(scale), out=y)
     np.rint(y, out=y)  # half to even, as onnxruntime rounds
     y += np.float32(zero_point)
-    np.clip(y, -128, 127, out=y)
+    # fmax/fmin, not clip: a NaN becomes -128, as onnxruntime's clamp (MAXPS) makes it, instead
+    # of whatever the float→int8 cast of a NaN happens to give
+    np.fmax(y, np.float32(-128), out=y)
+    np.fmin(y, np.float32(127), out=y)
     return y.astype(np.int8)
+
+
+def _ort_constants(scale: object, zero_point: object) -> tuple[float, int] | None:
+    """The constants of an equivalent QuantizeLinear/DequantizeLinear node, or None when there is
+    none (a zero point outside int8, a scale that is not a positive finite float32)."""
+    try:
+        s, zp = float(np.float32(scale)), int(zero_point)
+    except (TypeError, ValueError, OverflowError):
+        return None  # not numbers: the numpy kernel reports it when it runs, as it always did
+    if not (math.isfinite(s) and s > 0) or zp != zero_point or not -128 <= zp <= 127:
+        return None
+    return s, zp
 
 
 class Quantize(CpuOperator):
@@ -22,13 +43,21 @@ class Quantize(CpuOperator):
 
     ``clip(rint(x / scale) + zero_point, -128, 127)`` in float32 — bit for bit what
     onnxruntime's QuantizeLinear computes, so a program's output equals the quantised model's.
+    A large float32 tensor goes through QuantizeLinear itself (one fused pass, 2–3× faster than
+    numpy's five); anything else, and small tensors, through the numpy kernel above.
     """
 
     name = "Quantize"
     required = ("scale", "zero_point")
 
+    def __init__(self, **attrs: object) -> None:
+        super().__init__(**attrs)
+        self._ort = _ort_constants(self.attrs["scale"], self.attrs["zero_point"])
+
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return np.dtype(np.int8), shape
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        if self._ort is not None and x.dtype == np.float32 and x.size >= ORT_MIN_SIZE:
+            return quantize_linear(*self._ort).run(None, {"x": x})[0]
         return _quantize(x, self.attrs["scale"], self.attrs["zero_point"])
