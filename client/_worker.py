@@ -51,6 +51,9 @@ class Worker:
             raise ProtocolError("a worker is set up once")
         self.program = Program.from_bytes(msg.tensor("program"))
         self.runners = [_runner(step) for step in self.program.steps]
+        for r in self.runners:
+            if hasattr(r, "warm"):
+                r.warm()  # before SETUP_OK: the session is ready only once its workers are
         b = msg.body
         self.daemon = Peer(b["daemon"], name=b["device"], ctx=self.ctx, timeout_s=float(b["timeout_s"]),
                            unavailable=DeviceUnavailable, watch_disconnect=True)

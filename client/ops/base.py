@@ -40,6 +40,10 @@ class CpuOperator:
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         raise NotImplementedError
 
+    def warm(self) -> None:
+        """Build what the first call would (an onnxruntime session, ~0.1 s) while the worker starts,
+        so the first request, often the one a user profiles, times the kernel and not its set-up."""
+
     def _run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 

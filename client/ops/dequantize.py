@@ -29,6 +29,10 @@ class Dequantize(CpuOperator):
         super().__init__(**attrs)
         self._ort = _ort_constants(self.attrs["scale"], self.attrs["zero_point"])
 
+    def warm(self) -> None:
+        if self._ort is not None:
+            dequantize_linear(*self._ort)
+
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return np.dtype(np.float32), shape
 

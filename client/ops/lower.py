@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from client.ops._ort import swap_axes_chain
 from client.ops._transpose import to_planar
 from client.ops.base import CpuOperator
 from services import layout
@@ -32,6 +33,10 @@ class Lower(CpuOperator):
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return dtype, layout.lowered_shape(shape, self.attrs["axes"])
+
+    def warm(self) -> None:
+        if self.attrs["axes"] == "NHWC":
+            swap_axes_chain()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         value = self.attrs.get("value", 0)

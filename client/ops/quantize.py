@@ -54,6 +54,10 @@ class Quantize(CpuOperator):
         super().__init__(**attrs)
         self._ort = _ort_constants(self.attrs["scale"], self.attrs["zero_point"])
 
+    def warm(self) -> None:
+        if self._ort is not None:
+            quantize_linear(*self._ort)
+
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return np.dtype(np.int8), shape
 

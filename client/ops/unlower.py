@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from client.ops._ort import swap_axes_chain
 from client.ops._transpose import to_interleaved
 from client.ops.base import CpuOperator
 from services import layout
@@ -27,6 +28,10 @@ class Unlower(CpuOperator):
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return dtype, tuple(self.attrs["shape"])
+
+    def warm(self) -> None:
+        if self.attrs["axes"] == "NHWC":
+            swap_axes_chain()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         shape = tuple(self.attrs["shape"])

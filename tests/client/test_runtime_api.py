@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,3 +306,32 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+_PLAIN = """
+import numpy as np
+from client import session
+from services.zoo import small_cnn
+with session.create(small_cnn()) as sess:
+    for _ in range(3):
+        sess.run(np.zeros((1, 3, 64, 64), np.float32))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_profiler_output_path_profiles_a_program_without_changing_it(use_stack: RunningStack,
+                                                                     tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "trace-{pid}.json"
+    env = dict(os.environ, NPUSIM_PROFILER_OUTPUT_PATH=str(out))
+    proc = subprocess.run([sys.executable, "-c", _PLAIN], env=env, capture_output=True, text=True, timeout=80)
+    assert proc.returncode == 0, proc.stderr
+    (written,) = tmp_path.glob("trace-*.json")
+    trace = json.loads(written.read_text())
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    names = [e.get("name") for e in events]
+    assert names.count("Inference") == 3 and "npu.exec" in names and "session.create" in names
