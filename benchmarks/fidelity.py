@@ -8,8 +8,10 @@ research/hardware.md:
 - SingleStream, fused ``pe0-1``, batch 1: p50 711.8 µs end to end;
 - Offline, ``pe0`` + ``pe1`` together, batch 8: 2,758.44 samples/s.
 
-Two figures pin two parameters: the fit solves for the MAC efficiency and the per-job overhead
-with the per-operator overhead held at its prior (2,000 cycles = 1 µs, a pipeline fill). The
+Two figures pin two parameters: the fit solves for the MAC efficiency and the per-operator
+overhead, with the per-job overhead held at its prior (2 µs: a doorbell and a completion
+interrupt over PCIe); the fit that frees the job overhead instead is shown in
+docs/timing-model.md and rejected there. The
 predictions come from the same engine the daemon runs (``services.timing``), on the programs
 ``compile()`` makes. Everything else — the MNIST profile (NPU ≈ 10.9 µs), the fused/single-PE
 and batch-size sweeps — is a prediction, not a fit.

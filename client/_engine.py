@@ -71,7 +71,7 @@ _live: weakref.WeakSet[Engine] = weakref.WeakSet()
 @atexit.register
 def _close_all() -> None:
     """At interpreter exit, sessions nobody closed stop their workers and give their PEs back."""
-    engines = list(_live)
+    engines = [e for e in list(_live) if e._pid == os.getpid()]
     for engine in engines:
         engine.close(wait=False)
     for engine in engines:
@@ -141,7 +141,10 @@ class Engine:
         self._drain = True
         self._closed = threading.Event()
         self._wake_r, self._wake_w = _NO_FD, _NO_FD
+        self._wake_lock = threading.Lock()  # the dispatcher closes the pipe while others may write to it
         self._thread: threading.Thread | None = None
+        self._beating: list[Opened] = []
+        self._pid = os.getpid()  # a forked child must not close (or wait for) its parent's session
         tracing.setup_tracing("client", instance="client")
         self._profiler: Profiler | None = session_profiler()  # NPUSIM_PROFILER_OUTPUT_PATH: the whole life
         try:
@@ -154,9 +157,10 @@ class Engine:
                 for w in self.compile_info.get("warnings", []):
                     log.warning("compiler: %s", w)
                 self.program = Program.from_bytes(blob)
-                self.opened = open_pes(stack, specs, blob, f"pid{os.getpid()}-{name}-{id(self):x}", self.timeout_s)
-                for o in self.opened:
-                    _heartbeat.register(o.endpoint, o.device, o.handle, self.live)
+                # beat for each PE as soon as it is open: opening the next ones may take longer than
+                # the daemon waits for a first heartbeat
+                self.opened = open_pes(stack, specs, blob, f"pid{os.getpid()}-{name}-{id(self):x}", self.timeout_s,
+                                       on_open=self._beat_for)
                 self.pool.setup(self.program, blob, [Target(o.endpoint, o.name, o.handle, o.max_message_bytes)
                                                      for o in self.opened], timeout_s=self.timeout_s)
         except BaseException:
@@ -165,10 +169,20 @@ class Engine:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # a job may wait up to timeout_s for each NPU stage; past that its worker is taken for hung
+        self._job_timeout_s = self.timeout_s * max(1, len(self.program.stages)) + 5
         self._thread = threading.Thread(target=self._dispatch, name=f"npusim-{name}", daemon=True)
         self._thread.start()
         _live.add(self)
         log.info("%s opened on %s (%s, %d workers)", name, self.device, self.program.target, workers)
+
+    def _beat_for(self, o: Opened, is_open: bool) -> None:
+        if is_open:
+            _heartbeat.register(o.endpoint, o.device, o.handle, self.live)
+            self._beating.append(o)
+        else:
+            _heartbeat.unregister(o.endpoint, o.handle)
+            self._beating.remove(o)
 
     # -- facts -------------------------------------------------------------------------
     @property
@@ -222,6 +236,17 @@ class Engine:
         self._wake()
         return job.future
 
+    def wait_room(self, timeout: float | None = None) -> None:
+        """Wait until the input queue has room (or the engine closes); submits nothing, so a caller
+        that gives up (an asyncio task cancelled while this runs in a thread) loses nothing."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while len(self._queue) >= self.input_limit and not self._closing and self.live.lost is None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                self._cv.wait(0.5 if remaining is None else min(0.5, remaining))
+
     def delivered(self) -> None:
         """A result left the bounded output queue: there is room for one more job."""
         with self._cv:
@@ -231,7 +256,10 @@ class Engine:
     # -- closing -------------------------------------------------------------------------
     def close(self, *, drain: bool = False, wait: bool = True) -> None:
         """Stop taking jobs; with ``drain`` finish the queued ones first, else fail them with
-        SessionClosed. The jobs already on a worker always finish. Idempotent."""
+        SessionClosed. The jobs already on a worker always finish. Idempotent; does nothing in a
+        forked child, which shares the session's PEs and workers with its parent but not its thread."""
+        if os.getpid() != self._pid:
+            return
         with self._cv:
             if not self._closing:
                 self._closing = True
@@ -251,7 +279,7 @@ class Engine:
 
     def _release(self) -> None:
         """Stop the workers and give the PEs back (also after a failed start)."""
-        for o in self.opened:
+        for o in self._beating:
             _heartbeat.unregister(o.endpoint, o.handle)
         if self.pool is not None:
             self.pool.close()
@@ -266,11 +294,12 @@ class Engine:
 
     # -- the dispatcher thread ---------------------------------------------------------------
     def _wake(self) -> None:
-        if self._wake_w != _NO_FD:
-            try:
-                os.write(self._wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass  # the pipe is full (the thread is awake anyway) or closed
+        with self._wake_lock:
+            if self._wake_w != _NO_FD:
+                try:
+                    os.write(self._wake_w, b"x")
+                except (BlockingIOError, OSError):
+                    pass  # the pipe is full: the thread is awake anyway
 
     def _dispatch(self) -> None:
         assert self.pool is not None
@@ -292,11 +321,15 @@ class Engine:
             self._fail_all(SessionClosed(f"the session's dispatcher failed ({type(e).__name__}: {e}); "
                                          "create a new session"))
         finally:
+            with self._cv:  # whatever ended the loop, the engine takes no more jobs
+                self._closing, self._drain = True, False
+                self._cv.notify_all()
             self._fail_all(SessionClosed("the session was closed before this request ran; submit it to an "
                                          "open session"))
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = _NO_FD
+            with self._wake_lock:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = _NO_FD
             self._release()
 
     def _start_jobs(self) -> None:
@@ -315,10 +348,20 @@ class Engine:
                     return  # running + unreceived fill the output queue: results must be received first
                 job = self._queue.popleft()
                 self._cv.notify_all()
-            if self.pool.start(w, job.rid, job.tensors, traceparent=job.traceparent, collect=job.collect,
-                               timeout_s=self.timeout_s + 5):
+            if not job.future.set_running_or_notify_cancel():
+                self._resolve(job, error=SessionClosed("cancelled"))  # its caller cancelled it: nobody waits
+                continue
+            try:
+                started = self.pool.start(w, job.rid, job.tensors, traceparent=job.traceparent, collect=job.collect,
+                                          timeout_s=self._job_timeout_s)
+            except Exception as e:  # noqa: BLE001 - e.g. an input the arena cannot take: this job fails
+                log.exception("could not hand a job to a worker")
+                self._resolve(job, error=SessionClosed(f"the request could not be started ({type(e).__name__}: "
+                                                       f"{e}); see the log"))
+                continue
+            if started:
                 self._running[job.rid] = job
-            else:
+            else:  # the worker vanished before taking it: another one will
                 with self._cv:
                     self._queue.appendleft(job)
 
@@ -340,12 +383,13 @@ class Engine:
         if error is not None and job.counts_output:
             error.context = job.context  # type: ignore[attr-defined]  # the queue hands it back with the error
         self._end_span(job, None if error is None else type(error).__name__)
-        if job.future.done():
-            return
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)  # type: ignore[arg-type]
+        try:
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)  # type: ignore[arg-type]
+        except cf.InvalidStateError:
+            pass  # cancelled by its caller (an asyncio task that was cancelled): nobody waits for it
 
     @staticmethod
     def _end_span(job: _Job, error: str | None) -> None:

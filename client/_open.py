@@ -9,6 +9,7 @@ kind (single or fused). If any cannot be opened, those already opened are closed
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,16 +121,20 @@ def _overlaps(a: tuple[str, str], b: tuple[str, str]) -> bool:
     return a[0] == b[0] and (a[1] == b[1] or "pe0-1" in (a[1], b[1]))
 
 
-def open_pes(stack: Stack, specs: list[DeviceSpec], blob: bytes, session: str, timeout_s: float) -> list[Opened]:
-    """Open one PE per wanted entry; all or nothing."""
+def open_pes(stack: Stack, specs: list[DeviceSpec], blob: bytes, session: str, timeout_s: float,
+             on_open: Callable[[Opened, bool], None] = lambda o, is_open: None) -> list[Opened]:
+    """Open one PE per wanted entry; all or nothing. ``on_open(pe, True)`` runs as each opens
+    (``False`` when it is closed again because a later one could not be opened)."""
     if not stack.daemons:
         raise DeviceNotFound("no NPU device daemon is running; start one with `npusim up`")
     opened: list[Opened] = []
     try:
         for spec in _wanted(specs):
             opened.append(_open_one(stack, spec, blob, session, timeout_s, [(o.device, o.pe) for o in opened]))
+            on_open(opened[-1], True)
     except BaseException:
         for o in opened:
+            on_open(o, False)
             close_pe(o)
         raise
     return opened

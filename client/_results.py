@@ -11,6 +11,7 @@ import collections
 import concurrent.futures as cf
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,11 @@ import numpy as np
 from client._engine import Engine, Result
 from services.errors import QueueWaitTimeout, SessionClosed, SessionTerminated
 
-__all__ = ["Results"]
+__all__ = ["Results", "InvalidTimeout"]
+
+
+class InvalidTimeout(ValueError, RuntimeError):
+    """A negative or non-numeric timeout (the SDK raises RuntimeError; a ValueError here too)."""
 
 
 class Results:
@@ -29,13 +34,15 @@ class Results:
         self._cv = threading.Condition()
         self._outstanding = 0  # submitted, not yet taken
         self.closed = False
+        self.notify: Callable[[], None] | None = None  # also called when a result arrives (an asyncio waiter)
 
-    def submit(self, arrays: list[np.ndarray], context: Any) -> None:
-        """Submit a job whose result comes back through :meth:`take`."""
+    def submit(self, arrays: list[np.ndarray], context: Any, *, block: bool = True) -> None:
+        """Submit a job whose result comes back through :meth:`take` (QueueFull if ``block`` is
+        False and the input queue is full)."""
         with self._cv:
             self._outstanding += 1  # before the job can finish, so take() never sees it early
         try:
-            fut = self._engine.submit(arrays, context, counts_output=True)
+            fut = self._engine.submit(arrays, context, block=block, counts_output=True)
         except BaseException:
             with self._cv:
                 self._outstanding -= 1
@@ -46,6 +53,16 @@ class Results:
         with self._cv:
             self._items.append(fut)
             self._cv.notify_all()
+            notify = self.notify
+        if notify is not None:
+            notify()
+
+    def take_nowait(self) -> Result | None:
+        """:meth:`take` without waiting: None when nothing has finished yet."""
+        try:
+            return self.take(0.0, "0 s")
+        except QueueWaitTimeout:
+            return None
 
     def take(self, timeout_s: float | None, shown: str) -> Result:
         """The next finished job's result (its error is raised, with its context as ``err.context``).
@@ -62,6 +79,8 @@ class Results:
                     break
                 if self._outstanding == 0 and self._engine.closed:
                     raise SessionTerminated("the submitter was closed and every submitted request has been received")
+                if self._outstanding == 0 and self._engine.live.lost is not None:
+                    self._engine.check_open()  # the device is gone: no result can come any more
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise QueueWaitTimeout(f"no result within {shown}; wait longer or submit requests first")

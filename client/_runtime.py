@@ -15,14 +15,16 @@ loop that awaits them — so one runner can serve several ``asyncio.run`` calls 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Any, Generic, TypeVar
+import contextlib
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from typing import Any, TypeVar
 
 import numpy as np
 
-from client._engine import Engine, Result
+from client._engine import Engine
 from client._model import Model, pick_inputs
+from client._results import Results
 from services.errors import QueueFull, SessionClosed, SessionTerminated
 
 __all__ = ["Runner", "Submitter", "Receiver", "create_runner", "create_queue"]
@@ -36,6 +38,7 @@ class Runner:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.model = Model(engine.program, engine.check_open)
+        weakref.finalize(self, engine.close, wait=False)  # dropped unclosed: the PEs are given back
 
     @property
     def device(self) -> str:
@@ -44,11 +47,13 @@ class Runner:
     async def run(self, inputs: Any) -> list[np.ndarray]:
         """One inference. The inputs are not copied: do not change them until it returns."""
         arrays = self.model.check(inputs)
-        return (await _submit(self._engine, arrays, None, False)).outputs
+        fut = await _when_room(self._engine, lambda: self._engine.submit(arrays, block=False))
+        return (await asyncio.wrap_future(fut)).outputs
 
     async def run_with(self, outputs: list[str], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         arrays, picked = pick_inputs(self.model, outputs, inputs)
-        results = (await _submit(self._engine, arrays, None, False)).outputs
+        fut = await _when_room(self._engine, lambda: self._engine.submit(arrays, block=False))
+        results = (await asyncio.wrap_future(fut)).outputs
         return [results[i] for i in picked]
 
     async def close(self) -> bool:
@@ -62,13 +67,14 @@ class Runner:
         await self.close()
 
 
-async def _submit(engine: Engine, arrays: list[np.ndarray], context: Any, counts_output: bool) -> Result:
-    """Queue a job without blocking the loop (a full queue is waited for in a thread); its result."""
-    try:
-        fut = engine.submit(arrays, context, block=False, counts_output=counts_output)
-    except QueueFull:
-        fut = await asyncio.to_thread(engine.submit, arrays, context, counts_output=counts_output)
-    return await asyncio.wrap_future(fut)
+async def _when_room(engine: Engine, submit: Callable[[], T]) -> T:
+    """``submit()`` (non-blocking) on the loop; while the input queue is full, wait for room in a
+    thread. Nothing is submitted from the thread, so a task cancelled while it waits loses nothing."""
+    while True:
+        try:
+            return submit()
+        except QueueFull:
+            await asyncio.to_thread(engine.wait_room, 1.0)
 
 
 class Submitter:
@@ -76,9 +82,10 @@ class Submitter:
 
     def __init__(self, engine: Engine, receiver: Receiver) -> None:
         self._engine = engine
-        self._receiver = receiver
+        self._results = receiver._results
         self.model = Model(engine.program, engine.check_open)
         self._closed = False
+        weakref.finalize(self, engine.close, drain=True, wait=False)
 
     def allocate(self) -> list[np.ndarray]:
         """Fresh zeroed input tensors."""
@@ -90,11 +97,7 @@ class Submitter:
         if self._closed:
             raise SessionClosed("the Submitter is already closed; create a new queue")
         arrays = self.model.check(inputs)
-        try:
-            fut = self._engine.submit(arrays, context, block=False, counts_output=True)
-        except QueueFull:
-            fut = await asyncio.to_thread(self._engine.submit, arrays, context, counts_output=True)
-        self._receiver._add(fut)
+        await _when_room(self._engine, lambda: self._results.submit(arrays, context, block=False))
 
     async def close(self) -> bool:
         """No more submissions; what was submitted still runs, then the receiver ends."""
@@ -105,52 +108,35 @@ class Submitter:
 
 
 class Receiver:
-    """The receiving half of :func:`create_queue`: ``(context, outputs)`` in completion order."""
+    """The receiving half of :func:`create_queue`: ``(context, outputs)`` in completion order.
+
+    Finished results wait in a thread-safe buffer, not in any event loop, so a receiver may be
+    used from one ``asyncio.run`` after another; only the loop waiting right now is woken."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._done: asyncio.Queue[cf.Future[Result]] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._outstanding = 0  # submitted, not yet received
-        self._closed = False
-
-    def _add(self, fut: cf.Future[Result]) -> None:
-        self._outstanding += 1
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._loop, self._done = loop, asyncio.Queue()
-        queue = self._done
-        assert queue is not None
-        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, f))
+        self._results = Results(engine, name="Receiver")
+        weakref.finalize(self, engine.close, wait=False)
 
     async def recv(self) -> tuple[Any, list[np.ndarray]]:
         """The next finished request; a failed one raises its error (its context as ``err.context``).
         SessionTerminated once the submitter is closed and everything was received."""
-        if self._closed:
-            raise SessionClosed("the Receiver is closed; create a new queue")
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._loop, self._done = loop, asyncio.Queue()
-        queue = self._done
-        assert queue is not None
         while True:
-            if not queue.empty():
-                fut = queue.get_nowait()
-                break
-            if self._outstanding == 0 and self._engine.closed:
-                raise SessionTerminated("the Submitter was closed and every submitted request has been received")
-            try:
-                fut = await asyncio.wait_for(queue.get(), 0.1)
-                break
-            except asyncio.TimeoutError:
+            result = self._results.take_nowait()
+            if result is not None:
+                return result.context, result.outputs
+            arrived = asyncio.Event()
+
+            def wake() -> None:
+                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits there
+                    loop.call_soon_threadsafe(arrived.set)
+
+            self._results.notify = wake
+            if self._results.pending():  # arrived between the check and the hook
                 continue
-        self._outstanding -= 1
-        self._engine.delivered()
-        err = fut.exception()
-        if err is not None:
-            raise err
-        result = fut.result()
-        return result.context, result.outputs
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(arrived.wait(), 0.5)  # also notices a close without a result
 
     def __aiter__(self) -> AsyncIterator[tuple[Any, list[np.ndarray]]]:
         return self._iterate()
@@ -164,21 +150,39 @@ class Receiver:
 
     async def close(self) -> bool:
         """Stop receiving; queued requests are dropped."""
-        self._closed = True
+        self._results.close()
         await asyncio.to_thread(self._engine.close)
         return True
 
 
-class _Opening(Generic[T]):
-    """``await create_runner(...)`` and ``async with create_runner(...) as runner`` both work."""
+class _Opening(Coroutine[Any, Any, T]):
+    """``await create_runner(...)``, ``asyncio.run(create_runner(...))`` and ``async with
+    create_runner(...) as runner`` all work, as with the SDK's ``async def`` that is also used as a
+    context manager. The creating coroutine is made only when one of them starts it."""
 
-    def __init__(self, make: Callable[[], Awaitable[T]], close: Callable[[T], Awaitable[Any]]) -> None:
+    def __init__(self, make: Callable[[], Coroutine[Any, Any, T]], close: Callable[[T], Awaitable[Any]]) -> None:
         self._make = make
         self._close = close
+        self._coro: Coroutine[Any, Any, T] | None = None
         self._value: T | None = None
 
+    def _started(self) -> Coroutine[Any, Any, T]:
+        if self._coro is None:
+            self._coro = self._make()
+        return self._coro
+
+    def send(self, value: Any) -> Any:
+        return self._started().send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._started().throw(*args)
+
+    def close(self) -> None:
+        if self._coro is not None:
+            self._coro.close()
+
     def __await__(self) -> Generator[Any, None, T]:
-        return self._make().__await__()
+        return self._started().__await__()
 
     async def __aenter__(self) -> T:
         self._value = await self._make()
@@ -189,12 +193,27 @@ class _Opening(Generic[T]):
             await self._close(self._value)
 
 
+async def _engine_in_thread(**kwargs: Any) -> Engine:
+    """Create an Engine in a thread; if the awaiting task is cancelled, the engine that the thread
+    still finishes creating is closed, so its PEs are not held by nobody."""
+    fut = asyncio.get_running_loop().run_in_executor(None, lambda: Engine(**kwargs))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        def close(f: asyncio.Future[Engine]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                f.result().close(wait=False)
+
+        fut.add_done_callback(close)
+        raise
+
+
 def create_runner(model: Any, *, device: str | None = None, worker_num: int | None = None,
                   batch_size: int | None = None, compiler_config: dict[str, Any] | None = None) -> _Opening[Runner]:
     """Compile ``model`` if needed and open it on ``device``; a :class:`Runner`."""
 
     async def make() -> Runner:
-        engine = await asyncio.to_thread(Engine, model, device=device, worker_num=worker_num, batch_size=batch_size,
+        engine = await _engine_in_thread(model=model, device=device, worker_num=worker_num, batch_size=batch_size,
                                          compiler_config=compiler_config, name="runner")
         return Runner(engine)
 
@@ -208,7 +227,7 @@ def create_queue(model: Any, *, device: str | None = None, worker_num: int | Non
     """Like :func:`create_runner`, but ``(submitter, receiver)`` for many requests in flight."""
 
     async def make() -> tuple[Submitter, Receiver]:
-        engine = await asyncio.to_thread(Engine, model, device=device, worker_num=worker_num, batch_size=batch_size,
+        engine = await _engine_in_thread(model=model, device=device, worker_num=worker_num, batch_size=batch_size,
                                          compiler_config=compiler_config, input_queue_size=input_queue_size,
                                          output_queue_size=output_queue_size, name="queue")
         receiver = Receiver(engine)

@@ -18,7 +18,7 @@ import numpy as np
 from client._engine import Engine, Result
 from client._model import Described, Model, pick_inputs
 from client._open import model_bytes
-from client._results import Results
+from client._results import InvalidTimeout, Results
 from client._tensor import TensorArray, tensor_array
 from client._workers import WorkerPool
 from services.errors import SessionClosed, SessionTerminated
@@ -37,7 +37,8 @@ class Session(Described):
                                         compiler_config=compiler_config, timeout_s=timeout_s)
         self.model = Model(self._engine.program, self._engine.check_open)
         self.last_timing: dict[str, Any] = {}
-        self._finalizer = weakref.finalize(self, self._engine.close)
+        # collected unclosed: close without waiting (the collector may run in any thread)
+        self._finalizer = weakref.finalize(self, self._engine.close, wait=False)
 
     @property
     def program(self) -> Program:
@@ -62,7 +63,7 @@ class Session(Described):
     def run(self, inputs: Any) -> TensorArray:
         """Run one inference; returns one array per model output."""
         arrays = self.model.check(inputs)
-        result = _wait(self._engine.submit(arrays), self._engine.timeout_s + 30)
+        result = _wait(self._engine, self._engine.submit(arrays))
         self.last_timing = result.timing
         return tensor_array(result.outputs)
 
@@ -89,13 +90,16 @@ class Session(Described):
         self.close()
 
 
-def _wait(fut: cf.Future[Result], limit_s: float) -> Result:
-    """A job's result. The engine ends every job; the limit only guards against a bug."""
-    try:
-        return fut.result(timeout=limit_s)
-    except cf.TimeoutError:
-        raise SessionClosed(f"no answer within {limit_s:g} s although every job has a deadline; "
-                            "this is a bug in npusim, please report it") from None
+def _wait(engine: Engine, fut: cf.Future[Result]) -> Result:
+    """A job's result. The engine ends every job it accepted, even when it stops; the check
+    guards against a job it could no longer end (a bug), so no caller waits forever."""
+    while True:
+        try:
+            return fut.result(timeout=1.0)
+        except cf.TimeoutError:
+            if engine.wait_closed(0) and not fut.done():
+                raise SessionClosed("the session stopped without answering this request; this is a bug in "
+                                    "npusim, please report it") from None
 
 
 class AsyncSession(Described):
@@ -151,7 +155,7 @@ class CompletionQueue:
             raise TypeError("pass timeout or timeout_ms, not both")
         ms = timeout if timeout is not None else timeout_ms
         if ms is not None and (not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0):
-            raise ValueError(f"timeout must be a non-negative number of milliseconds, got {ms!r}")
+            raise InvalidTimeout(f"timeout must be a non-negative number of milliseconds, got {ms!r}")
         result = self._results.take(None if ms is None else ms / 1000.0, f"{ms} ms")
         return result.context, tensor_array(result.outputs)
 

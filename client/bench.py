@@ -207,6 +207,9 @@ def bench(cfg: BenchConfig, *, trace_file: Path | None = None, progress: bool = 
 def _result(cfg: BenchConfig, engine: Engine, data: bytes, samples: list[_Sample], wall: float, depth: int,
             warmup: int, open_s: float, util: dict[str, float]) -> dict[str, Any]:
     n = len(samples)
+    if n == 0:
+        raise ConfigError("no query finished within the measured time; run longer (--duration) or more "
+                          "queries (-n)")
     npu_ns = float(np.mean([s.timing.get("exec_ns", 0) for s in samples]))
     device_ns = float(np.mean([s.timing.get("emulated_ns", 0) for s in samples]))
     cpu_ns = float(np.mean([s.timing.get("cpu_ns", 0) for s in samples]))

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from client._engine import Engine
 from client._model import Model, pick_inputs
-from client._results import Results
+from client._results import InvalidTimeout, Results
 from services.errors import SessionClosed, SessionTerminated
 
 __all__ = ["Runner", "Submitter", "Receiver", "create_runner", "create_queue"]
@@ -29,6 +30,7 @@ class Runner:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.model = Model(engine.program, engine.check_open)
+        weakref.finalize(self, engine.close, wait=False)  # dropped unclosed: the PEs are given back
 
     @property
     def device(self) -> str:
@@ -59,6 +61,7 @@ class Submitter:
         self._results = receiver._results
         self.model = Model(engine.program, engine.check_open)
         self._closed = False
+        weakref.finalize(self, engine.close, drain=True, wait=False)
 
     def allocate(self) -> list[np.ndarray]:
         return self.model.allocate()
@@ -80,12 +83,13 @@ class Receiver:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._results = Results(engine, name="Receiver")
+        weakref.finalize(self, engine.close, wait=False)
 
     def recv(self, timeout: float | None = None) -> tuple[Any, list[np.ndarray]]:
         """The next finished ``(context, outputs)``; ``timeout`` in seconds (TimeoutError when it passes)."""
         if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
                                     or timeout < 0):
-            raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
+            raise InvalidTimeout(f"timeout must be a non-negative number of seconds, got {timeout!r}")
         result = self._results.take(timeout, f"{timeout} s")
         return result.context, result.outputs
 

@@ -335,3 +335,119 @@ def test_profiler_output_path_profiles_a_program_without_changing_it(use_stack: 
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     names = [e.get("name") for e in events]
     assert names.count("Inference") == 3 and "npu.exec" in names and "session.create" in names
+
+
+# -- found in review: cancellation, event loops, dropped objects ---------------------------
+def _pe_free_again(model: bytes) -> str:
+    """Open (and close) a session on the default device: fails with DeviceBusy while a leaked one holds it."""
+    with session.create(model) as s:
+        return s.device
+
+
+def test_a_cancelled_run_leaves_the_runner_working(use_stack: RunningStack, model: bytes,
+                                                  inputs: list[np.ndarray], reference: list[np.ndarray]) -> None:
+    async def main() -> None:
+        async with create_runner(model, worker_num=1) as runner:
+            for _ in range(5):  # cancel at different moments of the job's life
+                task = asyncio.ensure_future(runner.run(inputs[0]))
+                await asyncio.sleep(0)
+                task.cancel()
+            (y,) = await asyncio.wait_for(runner.run(inputs[1]), 30)
+            np.testing.assert_array_equal(y, reference[1])
+
+    asyncio.run(main())
+
+
+def test_an_async_receiver_serves_one_event_loop_after_another(use_stack: RunningStack, model: bytes,
+                                                               inputs: list[np.ndarray]) -> None:
+    pair = asyncio.run(create_queue(model, worker_num=2))
+    submitter, receiver = pair
+
+    async def submit() -> None:
+        for i in range(4):
+            await submitter.submit(inputs[i], context=i)
+
+    async def receive(n: int) -> list[int]:
+        return [(await asyncio.wait_for(receiver.recv(), 30))[0] for _ in range(n)]
+
+    try:
+        asyncio.run(submit())
+        got = asyncio.run(receive(2)) + asyncio.run(receive(2))
+        assert sorted(got) == [0, 1, 2, 3]
+        asyncio.run(submitter.close())
+        with pytest.raises(SessionTerminated):
+            asyncio.run(asyncio.wait_for(receiver.recv(), 30))
+    finally:
+        asyncio.run(receiver.close())
+
+
+def test_a_dropped_runner_gives_its_pe_back(use_stack: RunningStack, model: bytes) -> None:
+    import gc
+
+    runner = sync.create_runner(model)
+    device = runner.device
+    del runner
+    gc.collect()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            assert _pe_free_again(model) == device
+            break
+        except Exception:  # noqa: BLE001 - DeviceBusy until the dropped runner's engine has closed
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_a_cancelled_create_gives_its_pe_back(use_stack: RunningStack, model: bytes) -> None:
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(create_runner(model), 0.01)
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _pe_free_again(model)
+            break
+        except Exception:  # noqa: BLE001 - busy until the abandoned engine is closed
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_negative_legacy_timeout_is_a_runtime_error_like_the_sdk(use_stack: RunningStack, model: bytes) -> None:
+    submitter, queue = session.create_async(model)
+    try:
+        with pytest.raises(RuntimeError):
+            queue.recv(-1)
+    finally:
+        submitter.close()
+        queue.close()
+
+
+def test_pes_beat_as_soon_as_each_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    from client import _open
+    from services.discovery import Stack
+    from services.errors import DeviceBusy
+
+    events: list[str] = []
+
+    def fake_open(stack, spec, blob, session_name, timeout_s, taken):  # type: ignore[no-untyped-def]
+        if len(taken) == 2:
+            raise DeviceBusy("third one busy")
+        events.append(f"open{len(taken)}")
+        return _open.Opened(f"npu{len(taken)}", "pe0", "ipc:///nowhere", f"h{len(taken)}")
+
+    monkeypatch.setattr(_open, "_open_one", fake_open)
+    monkeypatch.setattr(_open, "close_pe", lambda o, timeout_s=2.0: events.append(f"close-{o.handle}"))
+    with pytest.raises(DeviceBusy):
+        _open.open_pes(Stack(None, {"npu0": "ipc:///a"}, "env"), _open_specs("warboy(1)*3"), b"", "s", 1.0,
+                       on_open=lambda o, up: events.append(("beat-" if up else "stop-") + o.handle))
+    assert events == ["open0", "beat-h0", "open1", "beat-h1", "stop-h0", "close-h0", "stop-h1", "close-h1"]
+
+
+def _open_specs(text: str) -> list:  # type: ignore[type-arg]
+    from services.devices import parse_devices
+
+    return parse_devices(text)
