@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -106,7 +106,6 @@ class _Job:
     traceparent: str | None = None
     span: Any = None
     counts_output: bool = False  # its result waits in a bounded output queue
-    started: float = field(default_factory=time.monotonic)
 
 
 class Engine:
@@ -188,10 +187,6 @@ class Engine:
     @property
     def device(self) -> str:
         return ",".join(o.name for o in self.opened) or "?"
-
-    @property
-    def worker_num(self) -> int:
-        return len(self.pool.workers) if self.pool else 0
 
     @property
     def closed(self) -> bool:
