@@ -31,7 +31,7 @@ from services.errors import DeviceUnavailable, NpusimError, ProtocolError, Servi
 from services.program import CpuStep, NpuStep, OpStep, Program
 from services.protocol import Kind, Message, decode, encode, error_message
 from services.rpc import Peer
-from services.sockets import new_socket
+from services.sockets import new_socket, recv_frames, send_frames
 
 log = logging.getLogger("npusim.worker")
 
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                     _orphaned(args.connect, args.parent_pid)
                     return 0
                 continue
-            frames = sock.recv_multipart(copy=False)
+            frames = recv_frames(sock)
             try:
                 msg = decode(frames)
             except ProtocolError as e:
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # noqa: BLE001 - the request fails, the worker lives on
                 log.exception("worker %d: job failed", args.index)
                 reply = error_message(msg.id, e)
-            sock.send_multipart(encode(reply), copy=False)
+            send_frames(sock, encode(reply))
     finally:
         if worker.daemon is not None:
             worker.daemon.close()

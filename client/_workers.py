@@ -29,7 +29,7 @@ from client._shm import Arena
 from services.errors import NpusimError, ServiceUnavailable, WorkerCrashed, from_wire
 from services.program import Program
 from services.protocol import Kind, Message, decode, encode, error_message
-from services.sockets import new_socket
+from services.sockets import new_socket, recv_frames, send_frames
 
 __all__ = ["WorkerPool"]
 
@@ -128,7 +128,7 @@ class WorkerPool:
 
     def _send(self, w: _Worker, msg: Message) -> None:
         assert w.identity is not None
-        self.sock.send_multipart([w.identity, *encode(msg)], copy=False)
+        send_frames(self.sock, [w.identity, *encode(msg)])
 
     def _pump(self, timeout_ms: int, wake_fd: int | None = None) -> None:
         """Receive what arrives within ``timeout_ms`` (or until ``wake_fd`` is readable) and file it."""
@@ -146,7 +146,7 @@ class WorkerPool:
                 return
         while True:
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self.sock, zmq.NOBLOCK)
             except zmq.Again:
                 break
             try:

@@ -341,7 +341,7 @@ class DaemonService(Service):
         return [tracing.to_record(sp) for sp in spans]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Job:
     req: Request
     session: OpenSession

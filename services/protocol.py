@@ -254,12 +254,32 @@ def _check_body(kind: Kind, body: dict[str, Any]) -> None:
             raise ProtocolError(f"{kind.name} field {name!r} must be {want}, got {type(value).__name__}")
 
 
+_SHAPES: dict[tuple[str, tuple[int, ...]], tuple[np.dtype, int]] = {}  # validated (dtype, shape) → dtype, bytes
+
+
 def _tensor(i: int, desc: Any, buf: memoryview) -> tuple[str, np.ndarray]:
     if not (isinstance(desc, list) and len(desc) == 3):
         raise ProtocolError(f"tensor descriptor {i} must be [name, dtype, shape]")
     name, dtype, shape = desc
     if not isinstance(name, str) or len(name) > 1024:
         raise ProtocolError(f"tensor descriptor {i}: name must be a string")
+    key = (dtype, tuple(shape)) if isinstance(dtype, str) and isinstance(shape, list) else None
+    known = _SHAPES.get(key) if key is not None and not any(type(d) is not int for d in shape) else None
+    if known is None:
+        known = _check_tensor(name, dtype, shape, buf)
+        if known[1] and len(_SHAPES) < 4096:  # a service sees few distinct shapes; bound it anyway
+            _SHAPES[(dtype, tuple(shape))] = known
+    dt, expected = known
+    if expected != buf.nbytes:
+        raise ProtocolError(f"tensor {name!r}: descriptor {dtype}{tuple(shape)} needs {expected} bytes "
+                            f"but its frame has {buf.nbytes}")
+    if expected == 0:
+        return name, np.zeros(shape, dt)
+    return name, np.frombuffer(buf, dtype=dt).reshape(shape)
+
+
+def _check_tensor(name: str, dtype: Any, shape: Any, buf: memoryview) -> tuple[np.dtype, int]:
+    """Validate a descriptor's dtype and shape once; its dtype and byte size."""
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError(f"tensor {name!r}: unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     if (not isinstance(shape, list) or len(shape) > MAX_NDIM
@@ -267,11 +287,6 @@ def _tensor(i: int, desc: Any, buf: memoryview) -> tuple[str, np.ndarray]:
         raise ProtocolError(f"tensor {name!r}: shape must be a list of at most {MAX_NDIM} non-negative ints")
     dt = DTYPES[dtype]
     expected = math.prod(shape) * dt.itemsize
-    if expected != buf.nbytes:
-        raise ProtocolError(f"tensor {name!r}: descriptor {dtype}{tuple(shape)} needs {expected} bytes "
-                            f"but its frame has {buf.nbytes}")
-    if expected == 0:
-        if math.prod(max(d, 1) for d in shape) * dt.itemsize > buf.nbytes + DEFAULT_MAX_MESSAGE_BYTES:
-            raise ProtocolError(f"tensor {name!r}: empty tensor with an absurd shape {shape}")
-        return name, np.zeros(shape, dt)
-    return name, np.frombuffer(buf, dtype=dt).reshape(shape)
+    if expected == 0 and math.prod(max(d, 1) for d in shape) * dt.itemsize > buf.nbytes + DEFAULT_MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"tensor {name!r}: empty tensor with an absurd shape {shape}")
+    return dt, expected

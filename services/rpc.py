@@ -19,7 +19,7 @@ from services.config import ENV_MAX_MESSAGE, env_int
 from services.config import timeout_s as default_timeout
 from services.errors import NpusimError, ProtocolError, ServiceUnavailable, from_wire
 from services.protocol import DEFAULT_MAX_MESSAGE_BYTES, Kind, Message, decode, encode
-from services.sockets import CurveKeys, connect, load_keys, new_socket
+from services.sockets import CurveKeys, connect, load_keys, new_socket, recv_frames, send_frames
 
 __all__ = ["Peer"]
 
@@ -74,7 +74,7 @@ class Peer:
                 f"send smaller tensors or raise {ENV_MAX_MESSAGE} on both sides",
                 details={"size": size, "limit": self.max_message_bytes})
         try:
-            self.sock.send_multipart(frames, copy=False)
+            send_frames(self.sock, frames)
         except zmq.Again:
             raise self.unavailable(f"{self.name} at {self.endpoint} is not accepting messages "
                                    "(its queue is full or it is not running); check `npusim status`") from None
@@ -113,7 +113,7 @@ class Peer:
                 if self._monitor is not None:
                     self._check_monitor()
                 continue
-            frames = self.sock.recv_multipart(copy=False)
+            frames = recv_frames(self.sock)
             try:
                 msg = decode(frames, max_message_bytes=self.max_message_bytes)
             except ProtocolError as e:

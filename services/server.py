@@ -28,7 +28,7 @@ import zmq
 from services import __version__
 from services.errors import NpusimError, ProtocolError, ServiceError
 from services.protocol import DEFAULT_MAX_MESSAGE_BYTES, Kind, Message, decode, encode, error_message, peek_id
-from services.sockets import CurveKeys, bind, new_socket, release_context
+from services.sockets import CurveKeys, bind, new_socket, recv_frames, release_context, send_frames
 
 __all__ = ["Request", "Service"]
 
@@ -36,6 +36,7 @@ log = logging.getLogger("npusim.server")
 
 # Plain ints: zmq's flag enums cost a microsecond per operation on the hot path.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_KIND_NAMES = {k: k.name for k in Kind}
 
 
 @dataclass(slots=True)
@@ -204,10 +205,10 @@ class Service:
 
     def _drain_socket(self, budget: int = 64) -> bool:
         """Handle up to ``budget`` messages; True if more may be waiting."""
-        recv = self.sock.recv_multipart
+        sock = self.sock
         for _ in range(budget):
             try:
-                frames = recv(_NOBLOCK, copy=False)
+                frames = recv_frames(sock, _NOBLOCK)
             except zmq.Again:
                 return False
             t0 = time.perf_counter_ns()
@@ -234,7 +235,8 @@ class Service:
                 log.exception("%s: decoder failed on a message", self.name)
             self._send(peer, error_message(peek_id(body) if body else 0, err))
             return
-        self.stats.by_kind[msg.kind.name] = self.stats.by_kind.get(msg.kind.name, 0) + 1
+        name = _KIND_NAMES[msg.kind]
+        self.stats.by_kind[name] = self.stats.by_kind.get(name, 0) + 1
         handler = self.handlers.get(msg.kind)
         if handler is None:
             self.stats.protocol_errors += 1
@@ -262,7 +264,7 @@ class Service:
             frames = encode(error_message(msg.id, e if isinstance(e, ProtocolError) else ServiceError(
                 f"the {self.service} could not encode its {msg.kind.name} reply: {type(e).__name__}: {e}")))
         try:
-            self.sock.send_multipart([peer, *frames], copy=False, flags=_NOBLOCK)
+            send_frames(self.sock, [peer, *frames], _NOBLOCK)
             self.stats.replied += 1
         except zmq.ZMQError as e:
             # The requester vanished or stopped reading: its own timeout reports the loss.
