@@ -23,7 +23,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -200,25 +199,27 @@ class Engine:
             raise type(lost)(lost.message, details=lost.details)  # a fresh exception: no growing traceback
 
     # -- submitting ----------------------------------------------------------------------
+    def _full(self) -> bool:
+        """The input queue has no room and can still get some (call with ``_cv`` held)."""
+        return len(self._queue) >= self.input_limit and not self._closing and self.live.lost is None
+
     def submit(self, arrays: list[np.ndarray], context: Any = None, *, block: bool = True,
-               timeout: float | None = None, counts_output: bool = False) -> cf.Future[Result]:
+               counts_output: bool = False) -> cf.Future[Result]:
         """Queue one job of checked input arrays; blocks while the input queue is full (or raises
-        QueueFull when ``block`` is False or ``timeout`` seconds pass)."""
+        QueueFull when ``block`` is False)."""
         self.check_open()
         tensors = [(s.name, a) for s, a in zip(self.program.inputs, arrays)]
         job = _Job(0, tensors, context, cf.Future(), collecting(), counts_output=counts_output)
         if tracing.active():
             job.span = tracing.tracer().start_span("Inference", attributes={"device": self.device})
             job.traceparent = tracing.inject(trace.set_span_in_context(job.span))
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while len(self._queue) >= self.input_limit and not self._closing and self.live.lost is None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if not block or (remaining is not None and remaining <= 0):
+            while self._full():
+                if not block:
                     self._end_span(job, "queue full")
                     raise QueueFull(f"the input queue is full ({self.input_limit} requests waiting); receive "
                                     "results first or create the session with a larger input_queue_size")
-                self._cv.wait(remaining if remaining is not None else 0.5)
+                self._cv.wait(0.5)
             try:
                 self.check_open()
             except NpusimError:
@@ -231,16 +232,12 @@ class Engine:
         self._wake()
         return job.future
 
-    def wait_room(self, timeout: float | None = None) -> None:
-        """Wait until the input queue has room (or the engine closes); submits nothing, so a caller
-        that gives up (an asyncio task cancelled while this runs in a thread) loses nothing."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def wait_room(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds until the input queue has room (or the engine closes);
+        submits nothing, so a caller that gives up (an asyncio task cancelled while this runs in a
+        thread) loses nothing."""
         with self._cv:
-            while len(self._queue) >= self.input_limit and not self._closing and self.live.lost is None:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return
-                self._cv.wait(0.5 if remaining is None else min(0.5, remaining))
+            self._cv.wait_for(lambda: not self._full(), timeout)
 
     def delivered(self) -> None:
         """A result left the bounded output queue: there is room for one more job."""

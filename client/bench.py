@@ -94,27 +94,21 @@ def _drive(engine: Engine, inputs: list[list[np.ndarray]], *, count: int, until:
            tick: Any = None) -> list[_Sample]:
     """Keep ``depth`` queries in flight until ``count`` are done (or ``until`` passes); their samples."""
     samples: list[_Sample] = []
-    lock = threading.Lock()
-    done = threading.Event()
-    window = threading.Semaphore(depth)
-    started = 0
     errors: list[BaseException] = []
+    window = threading.Semaphore(depth)  # a slot is given back once its query is recorded
+    started = 0
 
     def finished(t0: int, fut: cf.Future[Result]) -> None:
         t1 = time.perf_counter_ns()
-        window.release()
-        if fut.exception() is not None:
-            errors.append(fut.exception())  # type: ignore[arg-type]
+        err = fut.exception()
+        if err is not None:
+            errors.append(err)
         else:
-            with lock:
-                samples.append(_Sample(t1 - t0, fut.result().timing))
+            samples.append(_Sample(t1 - t0, fut.result().timing))
         if tick is not None:
             tick()
-        with lock:
-            if len(samples) + len(errors) >= started and stopping[0]:
-                done.set()
+        window.release()
 
-    stopping = [False]
     while not errors:
         if (until is None and started >= count) or (until is not None and time.monotonic() >= until):
             break
@@ -123,11 +117,8 @@ def _drive(engine: Engine, inputs: list[list[np.ndarray]], *, count: int, until:
         fut = engine.submit(inputs[started % len(inputs)])
         started += 1
         fut.add_done_callback(lambda f, t0=t0: finished(t0, f))
-    with lock:
-        stopping[0] = True
-        if len(samples) + len(errors) >= started:
-            done.set()
-    done.wait()
+    for _ in range(depth):  # every slot back: every query in flight has been recorded
+        window.acquire()
     if errors:
         raise errors[0]
     return samples

@@ -263,12 +263,13 @@ def _tensor(i: int, desc: Any, buf: memoryview) -> tuple[str, np.ndarray]:
     name, dtype, shape = desc
     if not isinstance(name, str) or len(name) > 1024:
         raise ProtocolError(f"tensor descriptor {i}: name must be a string")
-    key = (dtype, tuple(shape)) if isinstance(dtype, str) and isinstance(shape, list) else None
-    known = _SHAPES.get(key) if key is not None and not any(type(d) is not int for d in shape) else None
+    hashable = isinstance(dtype, str) and isinstance(shape, list) and all(type(d) is int for d in shape)
+    key = (dtype, tuple(shape)) if hashable else None
+    known = _SHAPES.get(key) if key is not None else None
     if known is None:
         known = _check_tensor(name, dtype, shape, buf)
-        if known[1] and len(_SHAPES) < 4096:  # a service sees few distinct shapes; bound it anyway
-            _SHAPES[(dtype, tuple(shape))] = known
+        if key is not None and known[1] and len(_SHAPES) < 4096:  # few distinct shapes per service; bounded
+            _SHAPES[key] = known
     dt, expected = known
     if expected != buf.nbytes:
         raise ProtocolError(f"tensor {name!r}: descriptor {dtype}{tuple(shape)} needs {expected} bytes "

@@ -190,6 +190,34 @@ def _complete(spans: list[Span]) -> bool:
             and c.get("session.create", 0) >= 1 and c.get("compile", 0) >= 1)
 
 
+def run_traced_client(receiver: OtlpReceiver, base: Path, tag: str, script: str, *args: str) -> dict[str, str]:
+    """Run ``script`` as a client process against a fresh stack, everything exporting to ``receiver``.
+
+    Sets its own environment, for module-scoped fixtures (the autouse ``_isolated_env`` is per
+    test). On return the stack has stopped: its services flushed their exporters on SIGTERM, and
+    the client and its workers flushed theirs when they exited. Returns the services' log tails.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for var in (*OTEL_UNSET, "NPUSIM_COMPILER_ENDPOINT", "NPUSIM_DAEMON_ENDPOINTS", "NPUSIM_DEVICES"):
+            mp.delenv(var, raising=False)
+        mp.setenv("NPUSIM_CACHE_DIR", str(base / "program-cache"))
+        mp.setenv("NPUSIM_RUN_DIR", f"/tmp/npusim-test-{os.getpid()}-{tag}")
+        # services.launch.start passes env=None: the services inherit os.environ.
+        mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
+        for k, v in OTEL_ENV.items():
+            mp.setenv(k, v)
+        with start_stack(devices=1) as stack:  # its own compiler cache: the compile really runs
+            try:
+                proc = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO,
+                                      env={**os.environ, **stack.env()}, capture_output=True, text=True, timeout=60)
+            finally:
+                logs = {c.name: c.log_tail(30) for c in stack.children}
+            assert proc.returncode == 0 and "client done" in proc.stdout, (
+                f"client exited with {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+                f"\nservice logs: {logs}")
+    return logs
+
+
 @pytest.fixture(scope="module")
 def otlp_spans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Span]]:
     """Run a traced client (3 requests) against a stack exporting to a local collector.
@@ -200,26 +228,7 @@ def otlp_spans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Span]]
     receiver = OtlpReceiver()
     base = tmp_path_factory.mktemp("otlp")
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            for var in (*OTEL_UNSET, "NPUSIM_COMPILER_ENDPOINT", "NPUSIM_DAEMON_ENDPOINTS", "NPUSIM_DEVICES"):
-                mp.delenv(var, raising=False)
-            mp.setenv("NPUSIM_CACHE_DIR", str(base / "program-cache"))
-            mp.setenv("NPUSIM_RUN_DIR", f"/tmp/npusim-test-{os.getpid()}-otlp")
-            # services.launch.start passes env=None: the services inherit os.environ.
-            mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
-            for k, v in OTEL_ENV.items():
-                mp.setenv(k, v)
-            logs: dict[str, str] = {}
-            with start_stack(devices=1) as stack:
-                env = {**os.environ, **stack.env()}
-                try:
-                    proc = subprocess.run([sys.executable, "-c", CLIENT_SCRIPT], cwd=REPO, env=env,
-                                          capture_output=True, text=True, timeout=60)
-                finally:
-                    logs = {c.name: c.log_tail(30) for c in stack.children}
-                assert proc.returncode == 0 and "client done" in proc.stdout, (
-                    f"client exited with {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
-            # leaving start_stack sent SIGTERM: every service has flushed its exporter on the way out
+        logs = run_traced_client(receiver, base, "otlp", CLIENT_SCRIPT)
         spans = receiver.wait_for(_complete, timeout_s=10.0)
         assert not receiver.errors, f"the receiver could not decode exports: {receiver.errors}"
         assert _complete(spans), (f"spans missing after 10 s: got {_counts(spans)} in {receiver.requests} export "

@@ -25,21 +25,15 @@ requests); this scenario checks that they join into one trace.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import start_stack
-from tests.integration.test_tracing import OTEL_ENV, OTEL_UNSET, OtlpReceiver, Span
+from tests.integration.test_tracing import OtlpReceiver, Span, run_traced_client
 
 pytestmark = pytest.mark.timeout(90)
 
-REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"npusim-client", "npusim-worker", "npusim-compiler", "npusim-daemon"}
 # the spans one request must have, and the service that makes each (docs/tracing.md)
 EXPECTED = {"request": "npusim-client", "session.create": "npusim-client", "compile": "npusim-compiler",
@@ -78,26 +72,7 @@ def one_request(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list
     base = tmp_path_factory.mktemp("s10")
     trace_file = base / "trace.json"
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            for var in (*OTEL_UNSET, "NPUSIM_COMPILER_ENDPOINT", "NPUSIM_DAEMON_ENDPOINTS", "NPUSIM_DEVICES"):
-                mp.delenv(var, raising=False)
-            mp.setenv("NPUSIM_CACHE_DIR", str(base / "program-cache"))
-            mp.setenv("NPUSIM_RUN_DIR", f"/tmp/npusim-test-{os.getpid()}-s10")
-            mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)  # the services inherit it
-            for k, v in OTEL_ENV.items():
-                mp.setenv(k, v)
-            with start_stack(devices=1) as stack:  # its own compiler cache: the compile really runs
-                try:
-                    proc = subprocess.run([sys.executable, "-c", CLIENT, str(trace_file)], check=False, cwd=REPO,
-                                          env={**os.environ, **stack.env()}, capture_output=True, text=True,
-                                          timeout=60)
-                finally:
-                    logs = {c.name: c.log_tail(30) for c in stack.children}
-                assert proc.returncode == 0 and "client done" in proc.stdout, (
-                    f"client exited with {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
-                    f"\nservice logs: {logs}")
-            # leaving start_stack sent SIGTERM: the services flushed their exporters on the way out;
-            # the client and its worker flushed theirs when they exited
+        run_traced_client(receiver, base, "s10", CLIENT, str(trace_file))
         doc = json.loads(trace_file.read_text())
         # wait for every span the profiler saw: exports are batched, so a late one would look missing
         in_file = {e["args"]["span_id"] for e in doc.get("traceEvents", []) if e.get("ph") == "X"}

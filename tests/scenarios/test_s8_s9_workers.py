@@ -14,64 +14,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from client import session
 from client.bench import BenchConfig, bench
-from services import launch
 from services.zoo import small_cnn
-from tests.helpers import short_dir
+from tests.helpers import start_stack
 
 pytestmark = pytest.mark.timeout(240)
 
 SIZE = 160
 
 
-class _Stack:
-    def __init__(self, root: Path, mp: pytest.MonkeyPatch) -> None:
-        self.root, self.mp = root, mp
-        self.env: dict[str, str] = {}
-        self.compiler = launch.start("compiler", "compiler", f"ipc://{root}/c.sock", root,
-                                     extra=["--cache-dir", str(root / "cache")])
-        self.daemon: launch.Child | None = None
-        launch.wait_healthy([self.compiler])
-        self.env.update(NPUSIM_COMPILER_ENDPOINT=self.compiler.endpoint, NPUSIM_NO_EMBED="1")
-        for k, v in self.env.items():
-            mp.setenv(k, v)
-
-    def daemon_at(self, scale: float) -> None:
-        if self.daemon is not None:
-            launch.stop_all([self.daemon])
-        self.daemon = launch.start("daemon", "npu0", f"ipc://{self.root}/d{scale:g}.sock", self.root,
-                                   extra=["--timing-only", "--time-scale", f"{scale:g}"])
-        launch.wait_healthy([self.daemon])
-        self.env["NPUSIM_DAEMON_ENDPOINTS"] = f"npu0={self.daemon.endpoint}"
-        self.mp.setenv("NPUSIM_DAEMON_ENDPOINTS", self.env["NPUSIM_DAEMON_ENDPOINTS"])
-
-    def close(self) -> None:
-        launch.stop_all([c for c in (self.daemon, self.compiler) if c is not None])
+def _probe_scale(model: bytes) -> float:
+    """On a daemon at time scale 1: the scale that makes the NPU time 1.5× a request's CPU time."""
+    pq = bench(BenchConfig(model, workers=1, workload="latency", queries=30, warmup=5))["result"]["per_query"]
+    return max(1.5 * pq["cpu_us"] / pq["npu_exec_us"], 4000.0 / pq["npu_exec_us"])
 
 
 @pytest.fixture(scope="module")
 def _stretched() -> Iterator[tuple[bytes, float, dict[str, str]]]:
     """A private stack whose daemon's NPU time is 1.5× the CPU time of a request."""
     model = small_cnn(height=SIZE, width=SIZE).SerializeToString()
-    mp = pytest.MonkeyPatch()
-    with short_dir() as root:
-        stack = _Stack(root, mp)
-        try:
-            stack.daemon_at(1.0)
-            probe = bench(BenchConfig(model, workers=1, workload="latency", queries=30, warmup=5))["result"]
-            pq = probe["per_query"]
-            scale = max(1.5 * pq["cpu_us"] / pq["npu_exec_us"], 4000.0 / pq["npu_exec_us"])
-            stack.daemon_at(scale)
-            yield model, scale, dict(stack.env)
-        finally:
-            stack.close()
-            mp.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        with start_stack(daemon_args=("--timing-only",)) as probe:
+            for k, v in probe.env().items():
+                mp.setenv(k, v)
+            scale = _probe_scale(model)
+        with start_stack(daemon_args=("--timing-only", "--time-scale", f"{scale:g}")) as stack:
+            yield model, scale, stack.env()
 
 
 @pytest.fixture
