@@ -19,6 +19,9 @@ shown for context only). Operator and references alternate call by call, so all 
 load and cache state; each figure is the best of the repetitions after a warm-up (the machine is
 noisy: the best is the least disturbed run), with the median alongside in the JSON.
 
+The operators run their compiled kernels (``client/ops/_simd.c``) where the install built them,
+and the report says so; without them, their onnxruntime/numpy fallbacks.
+
 The goals (from the issue): Quantize ≤ 200 µs, QuantizeUint8 ≤ 1.5× memcpy, Lower and Unlower
 ≤ 2× memcpy, Dequantize ≤ 2× memcpy. S1's headline: the uint8 path against a memcpy of the uint8
 tensor, and the float path against the uint8 path (the seed's YOLOX-L table: 60.639 ms →
@@ -41,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.ops import load_op  # noqa: E402
+from client.ops import _native, load_op  # noqa: E402
 from services import layout  # noqa: E402
 from services.zoo.inputs import image_batch  # noqa: E402
 
@@ -165,7 +168,7 @@ def measure(repeat: int, warmup: int) -> dict[str, Any]:
         "seed_yolox_l_ms": {"with_quantize_true": 60.639, "with_quantize_false": 0.277},
     }
     config = {"repeat": repeat, "warmup": warmup, "statistic": "best", "reference": "np.copyto",
-              "shape": list(SHAPE), "pad_shape": list(PAD_SHAPE)}
+              "shape": list(SHAPE), "pad_shape": list(PAD_SHAPE), "compiled_kernels": _native.available()}
     return {"operators": ops, "quantize": quantize, "goals": goals, "s1": s1, "config": config}
 
 
@@ -177,6 +180,9 @@ def report(r: dict[str, Any]) -> None:
     c = r["config"]
     print(f"host operators, best of {c['repeat']} after {c['warmup']} warm-up, each next to np.copyto of the same "
           f"bytes (its input; its output too when the size differs)")
+    k = c["compiled_kernels"]
+    print("kernels: " + ("compiled, AVX2" if k and k.get("avx2") else "compiled, portable C" if k is not None
+                         else "onnxruntime/numpy fallback (the compiled extension is not built here)"))
     print(f"{'operator':14s} {'input':>24s} {'output':>24s} {'best':>8s} {'memcpy':>8s} {'×':>6s} "
           f"{'memcpy out':>10s} {'×':>6s}")
     for label, o in r["operators"].items():

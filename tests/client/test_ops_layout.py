@@ -1,16 +1,24 @@
-"""Lower and Unlower: the fast NHWC kernels (two wide onnxruntime transposes for byte tensors)
-give exactly ``services.layout``'s lowered tensor, Unlower inverts Lower, every other layout
-still goes through ``services.layout``, and outputs are new arrays. Correctness only."""
+"""Lower and Unlower: the fast NHWC kernels (compiled shuffles for byte tensors; without them,
+two wide onnxruntime transposes) give exactly ``services.layout``'s lowered tensor, Unlower
+inverts Lower, every other layout still goes through ``services.layout``, and outputs are new
+arrays. Every test runs with the compiled kernels and without them. Correctness only."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from client.ops import _transpose, load_op
+from client.ops import _native, _transpose, load_op
 from services import layout
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True, params=["native", "fallback"])
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "fallback":
+        monkeypatch.setattr(_native, "_simd", None)
+    return str(request.param)
 
 # (shape, why): NHWC shapes crossing every branch of the kernels
 NHWC = [
@@ -25,6 +33,8 @@ NHWC = [
     ((1, 64, 640, 1), "one channel: a plain copy"),
     ((1, 64, 64, 3), "short rows: numpy"),
     ((2, 5, 7, 3), "tiny"),
+    ((1, 8, 47, 3), "W % 16 != 0: the compiled kernel's byte tail"),
+    ((3, 4, 16, 3), "one 16-pixel block a row"),
 ]
 
 
@@ -106,8 +116,31 @@ def test_byte_transposes_are_numpy_transposes(n: int, r: int, c: int) -> None:
     assert not np.shares_memory(planar, x) and not np.shares_memory(back, planar)
 
 
-def test_the_image_sized_tensors_take_the_onnxruntime_chain(monkeypatch: pytest.MonkeyPatch) -> None:
-    """So the equalities above cover the fast kernel, not only numpy's fallback."""
+@pytest.mark.parametrize("value", [-14, 3.0, 200, 0.5])
+def test_lower_pads_with_the_value_the_dtype_holds(value: float) -> None:
+    x = _data((1, 4, 40, 3), np.uint8)
+    try:
+        expected = layout.lower(x, "NHWC", value)
+    except OverflowError:
+        with pytest.raises(OverflowError):
+            load_op("Lower", {"axes": "NHWC", "value": value}).run(x)
+        return
+    assert np.array_equal(load_op("Lower", {"axes": "NHWC", "value": value}).run(x), expected)
+
+
+def test_the_image_sized_tensors_take_the_compiled_kernels(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if kernels == "fallback":
+        pytest.skip("the fallback's own test is the next one")
+    monkeypatch.setattr(_transpose, "_run_chain", lambda *a: pytest.fail("took the onnxruntime chain"))
+    x = _data((1, 640, 640, 3), np.int8)
+    lowered = load_op("Lower", {"axes": "NHWC"}).run(x)
+    assert np.array_equal(load_op("Unlower", {"axes": "NHWC", "shape": [1, 640, 640, 3]}).run(lowered), x)
+
+
+def test_the_image_sized_tensors_take_the_onnxruntime_chain(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the compiled kernels: so the equalities above cover the chain, not only numpy's copy."""
+    if kernels == "native":
+        pytest.skip("the compiled kernels serve these")
     calls: list[tuple[int, ...]] = []
     real = _transpose._run_chain
     monkeypatch.setattr(_transpose, "_run_chain", lambda x, s1, s2: calls.append(s1) or real(x, s1, s2))

@@ -1,6 +1,7 @@
-"""Quantize, QuantizeUint8 and Dequantize: bit-exact on both kernels (numpy for small tensors,
-onnxruntime's fused node for large ones), equal to onnxruntime's QuantizeLinear/DequantizeLinear,
-and each call's output a new array the caller owns. Correctness only: speed is the benchmark's."""
+"""Quantize, QuantizeUint8 and Dequantize: bit-exact on every kernel (the compiled one; without
+it, numpy for small tensors and onnxruntime's fused node for large ones), equal to onnxruntime's
+QuantizeLinear/DequantizeLinear, and each call's output a new array the caller owns. Every test
+runs with the compiled kernels and without them. Correctness only: speed is the benchmark's."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from client.ops import load_op
-from client.ops.quantize import ORT_MIN_SIZE
+from client.ops import _native, load_op
+from client.ops.quantize import ORT_MIN_SIZE, _quantize
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True, params=["native", "fallback"])
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "fallback":
+        monkeypatch.setattr(_native, "_simd", None)
+    return str(request.param)
 
 SMALL = (1, 2, 8, 32)        # below ORT_MIN_SIZE: the numpy kernel
 LARGE = (1, 3, 64, 96)       # above it: onnxruntime's node
@@ -41,11 +49,12 @@ def _hard_values(shape: tuple[int, ...], scale: np.float32, seed: int) -> np.nda
     signed zeros, infinities and NaN."""
     rng = np.random.default_rng(seed)
     k = rng.integers(-150, 150, shape)
-    x = ((k + 0.5) * scale).astype(np.float32)
-    flat = x.reshape(-1)
-    flat[1::5] = np.nextafter(flat[1::5], np.float32(np.inf))
-    flat[2::5] = np.nextafter(flat[2::5], np.float32(-np.inf))
-    flat[3::5] = (rng.standard_normal(flat[3::5].shape) * 100 * scale).astype(np.float32)
+    with np.errstate(over="ignore"):  # extreme scales: values beyond float32 become ±inf
+        x = ((k + 0.5) * scale).astype(np.float32)
+        flat = x.reshape(-1)
+        flat[1::5] = np.nextafter(flat[1::5], np.float32(np.inf))
+        flat[2::5] = np.nextafter(flat[2::5], np.float32(-np.inf))
+        flat[3::5] = (rng.standard_normal(flat[3::5].shape) * 100 * scale).astype(np.float32)
     flat[:8] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 1e-40]
     return x
 
@@ -142,9 +151,41 @@ def test_quantize_uint8_is_a_shift_by_128(shape: tuple[int, ...]) -> None:
     assert got.dtype == np.int8 and np.array_equal(got.astype(np.int16), u.astype(np.int16) - 128)
 
 
-def test_large_tensors_take_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
-    """So the equalities above cover both kernels."""
+def test_the_compiled_kernels_are_built() -> None:
+    """The install compiles them (setup.py); without a compiler the slower kernels would serve
+    silently, so CI insists."""
+    import importlib
+    assert importlib.import_module("client.ops._simd").features() is not None
+
+
+@pytest.mark.parametrize("scale", [1e-40, 1e-38, 3e-5, 1e30, 3e38])
+def test_quantize_extreme_scales_equal_the_numpy_kernel(scale: float) -> None:
+    s = float(np.float32(scale))
+    x = _hard_values((3, 1000), np.float32(s), 11)
+    x.reshape(-1)[8:40] = np.linspace(-3e38, 3e38, 32, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        ref = _quantize(x, s, 5)
+    assert np.array_equal(load_op("Quantize", {"scale": s, "zero_point": 5}).run(x), ref)
+
+
+def test_tensors_take_the_compiled_kernels(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """So the equalities above cover the compiled kernels."""
+    from client.ops import _ort
+    if kernels == "fallback":
+        pytest.skip("the fallback's own test is the next one")
+    used: list[str] = []
+    for name in ("quantize_linear", "dequantize_linear"):
+        monkeypatch.setattr(_ort, name, lambda *a, name=name: used.append(name))
+    load_op("Quantize", {"scale": 0.1, "zero_point": 0}).run(np.zeros(LARGE, np.float32))
+    load_op("Dequantize", {"scale": 0.1, "zero_point": 0}).run(np.zeros(LARGE, np.int8))
+    assert used == []
+
+
+def test_large_tensors_take_onnxruntime(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the compiled kernels: so the equalities above cover both fallbacks."""
     from client.ops import dequantize, quantize
+    if kernels == "native":
+        pytest.skip("the compiled kernels take every size")
 
     used: list[str] = []
     monkeypatch.setattr(quantize, "_quantize", lambda *a: used.append("np-q") or np.zeros(a[0].shape, np.int8))

@@ -1,0 +1,63 @@
+"""The compiled kernels of ``_simd.c``, behind checks that keep them to what they handle.
+
+Each function returns a new array, or None when the extension is not built (a machine without
+a C compiler at install) or the tensor is not one the kernel takes; the operator then runs its
+onnxruntime or numpy kernel, which gives the same bits, only slower.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["available", "dequantize", "quantize", "to_interleaved", "to_planar"]
+
+_simd: Any
+try:
+    import client.ops._simd as _simd  # type: ignore[no-redef]
+except ImportError:  # not compiled here: the slower kernels serve
+    _simd = None
+
+
+def available() -> dict[str, bool] | None:
+    """The SIMD extensions the kernels use here, or None without the extension."""
+    return None if _simd is None else dict(_simd.features())
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray | None:
+    """float32 → int8: ``clamp(rint(x / scale) + zero_point)``, bit for bit the numpy kernel's."""
+    return _elementwise(_simd and _simd.quantize, x, np.float32, np.int8, scale, zero_point)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray | None:
+    """int8 → float32: ``(q - zero_point) * scale``."""
+    return _elementwise(_simd and _simd.dequantize, q, np.int8, np.float32, scale, zero_point)
+
+
+def _elementwise(kernel: Any, x: np.ndarray, src: type, dst: type, scale: float, zero_point: int) -> np.ndarray | None:
+    if kernel is None or x.dtype != src or not x.flags.c_contiguous:
+        return None
+    y = np.empty(x.shape, dst)
+    kernel(x, y, scale, zero_point)
+    return y
+
+
+def to_planar(x: np.ndarray, wp: int, pad: int) -> np.ndarray | None:
+    """Bytes ``(m, w, c)`` → ``(m, c, wp)``, columns ``w:`` set to ``pad`` (its low byte)."""
+    if _simd is None or x.dtype.itemsize != 1 or x.ndim != 3 or not x.flags.c_contiguous:
+        return None
+    m, w, c = x.shape
+    y = np.empty((m, c, wp), x.dtype)
+    _simd.to_planar(x.view(np.uint8), y.view(np.uint8), m, w, c, wp, pad)
+    return y
+
+
+def to_interleaved(z: np.ndarray, w: int) -> np.ndarray | None:
+    """Bytes ``(m, c, wp)`` → ``(m, w, c)``: the first ``w`` columns, interleaved."""
+    if _simd is None or z.dtype.itemsize != 1 or z.ndim != 3 or not z.flags.c_contiguous:
+        return None
+    m, c, wp = z.shape
+    y = np.empty((m, w, c), z.dtype)
+    _simd.to_interleaved(z.view(np.uint8), y.view(np.uint8), m, w, c, wp)
+    return y
