@@ -7,11 +7,12 @@ onnxruntime or numpy kernel, which gives the same bits, only slower.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "dequantize", "quantize", "to_interleaved", "to_planar"]
+__all__ = ["available", "dequantize", "pad_byte", "quantize", "to_interleaved", "to_planar"]
 
 _simd: Any
 try:
@@ -41,6 +42,19 @@ def _elementwise(kernel: Any, x: np.ndarray, src: type, dst: type, scale: float,
     y = np.empty(x.shape, dst)
     kernel(x, y, scale, zero_point)
     return y
+
+
+@lru_cache(maxsize=64)
+def pad_byte(value: float, dtype: np.dtype) -> int | None:
+    """A padding value as the byte a one-byte dtype stores, or None (wider dtypes, or a value the
+    dtype cannot hold exactly: the numpy path decides what those do)."""
+    if dtype.itemsize != 1:
+        return None
+    try:
+        v = np.array(value, dtype=dtype)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return int(v.view(np.uint8)) if v == value else None
 
 
 def to_planar(x: np.ndarray, wp: int, pad: int) -> np.ndarray | None:

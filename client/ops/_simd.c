@@ -85,10 +85,18 @@ static void dequantize_avx2(const int8_t *q, float *y, Py_ssize_t n, float scale
 }
 #endif
 
-/* ---- Lower / Unlower: m matrices of bytes (w, c) <-> (c, wp), wp >= w padded with a value ---- */
+/* ---- Lower / Unlower (and Pad / Slice, c = 1): m matrices of bytes (w, c) <-> (c, wp), wp >= w
+ * padded with a value ---- */
 
 static void planar_c(const uint8_t *src, uint8_t *dst, Py_ssize_t m, Py_ssize_t w, Py_ssize_t c, Py_ssize_t wp,
                      uint8_t pad) {
+    if (c == 1) {  /* Pad: rows of w bytes widened to wp */
+        for (Py_ssize_t k = 0; k < m; k++, src += w, dst += wp) {
+            memcpy(dst, src, (size_t)w);
+            memset(dst + w, pad, (size_t)(wp - w));
+        }
+        return;
+    }
     for (Py_ssize_t k = 0; k < m; k++, src += w * c, dst += c * wp)
         for (Py_ssize_t ch = 0; ch < c; ch++) {
             uint8_t *d = dst + ch * wp;
@@ -100,6 +108,10 @@ static void planar_c(const uint8_t *src, uint8_t *dst, Py_ssize_t m, Py_ssize_t 
 
 static void interleaved_c(const uint8_t *src, uint8_t *dst, Py_ssize_t m, Py_ssize_t w, Py_ssize_t c,
                           Py_ssize_t wp) {
+    if (c == 1) {  /* Slice: the first w bytes of rows of wp */
+        for (Py_ssize_t k = 0; k < m; k++, src += wp, dst += w) memcpy(dst, src, (size_t)w);
+        return;
+    }
     for (Py_ssize_t k = 0; k < m; k++, src += c * wp, dst += w * c)
         for (Py_ssize_t ch = 0; ch < c; ch++) {
             const uint8_t *s = src + ch * wp;

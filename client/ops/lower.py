@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 import client.ops._native as _native
@@ -21,7 +19,7 @@ def _lower_nhwc(x: np.ndarray, pad_value: float) -> np.ndarray:
     """
     n, h, w, c = x.shape
     wp = layout.padded(w)
-    if (pad := _pad_byte(pad_value, x.dtype)) is not None:
+    if (pad := _native.pad_byte(pad_value, x.dtype)) is not None:
         y = _native.to_planar(x.reshape(n * h, w, c), wp, pad)
         if y is not None:
             return y.reshape(n, h, c, wp)
@@ -32,19 +30,6 @@ def _lower_nhwc(x: np.ndarray, pad_value: float) -> np.ndarray:
     out[..., :w] = planar
     out[..., w:] = pad_value
     return out
-
-
-@lru_cache(maxsize=64)
-def _pad_byte(value: float, dtype: np.dtype) -> int | None:
-    """The padding value as the byte a one-byte dtype stores, or None (wider dtypes, or a value
-    the dtype cannot hold exactly: the numpy path decides what those do)."""
-    if dtype.itemsize != 1:
-        return None
-    try:
-        v = np.array(value, dtype=dtype)
-    except (OverflowError, ValueError, TypeError):
-        return None
-    return int(v.view(np.uint8)) if v == value else None
 
 
 class Lower(CpuOperator):

@@ -1,7 +1,7 @@
-"""Lower and Unlower: the fast NHWC kernels (compiled shuffles for byte tensors; without them,
+"""Lower, Unlower, Pad and Slice: the fast NHWC kernels (compiled shuffles for byte tensors; without them,
 two wide onnxruntime transposes) give exactly ``services.layout``'s lowered tensor, Unlower
-inverts Lower, every other layout still goes through ``services.layout``, and outputs are new
-arrays. Every test runs with the compiled kernels and without them. Correctness only."""
+inverts Lower, every other layout still goes through ``services.layout``, Pad and Slice equal
+``layout.pad_last``/``slice_last``, and outputs are new arrays. Every test runs with the compiled kernels and without them. Correctness only."""
 
 from __future__ import annotations
 
@@ -148,3 +148,23 @@ def test_the_image_sized_tensors_take_the_onnxruntime_chain(kernels: str, monkey
     lowered = load_op("Lower", {"axes": "NHWC"}).run(x)
     load_op("Unlower", {"axes": "NHWC", "shape": [1, 640, 640, 3]}).run(lowered)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 640, 100), (2, 5, 7), (4,), (1, 3, 0, 100), (2, 3, 32), (1, 2, 3, 33)])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.float32, np.bool_])
+@pytest.mark.parametrize(("multiple", "value"), [(32, 0), (32, 7), (16, 3)])
+def test_pad_and_slice_equal_services_layout(shape: tuple[int, ...], dtype: type, multiple: int, value: int) -> None:
+    x = np.random.default_rng(1).integers(0, 100, shape).astype(dtype)
+    padded = load_op("Pad", {"multiple": multiple, "value": value}).run(x)
+    expected = layout.pad_last(x, multiple, value)
+    assert padded.dtype == expected.dtype and np.array_equal(padded, expected)
+    back = load_op("Slice", {"length": shape[-1]}).run(padded)
+    assert back.flags.c_contiguous and np.array_equal(back, x)
+    assert np.array_equal(back, layout.slice_last(padded, shape[-1]))
+
+
+def test_pad_non_contiguous_input_and_negative_byte() -> None:
+    x = _data((1, 40, 3, 64), np.int8).transpose(0, 2, 3, 1)
+    assert not x.flags.c_contiguous
+    got = load_op("Pad", {"multiple": 32, "value": -14}).run(x)
+    assert np.array_equal(got, layout.pad_last(np.ascontiguousarray(x), 32, -14))
