@@ -37,19 +37,33 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray | Non
 
 
 def _elementwise(kernel: Any, x: np.ndarray, src: type, dst: type, scale: float, zero_point: int) -> np.ndarray | None:
-    if kernel is None or x.dtype != src or not x.flags.c_contiguous:
+    if kernel is None or x.dtype != src:
         return None
+    if not x.flags.c_contiguous:  # a strided view: one copy, still faster than any other kernel
+        x = np.ascontiguousarray(x)
     y = np.empty(x.shape, dst)
     kernel(x, y, scale, zero_point)
     return y
 
 
-@lru_cache(maxsize=64)
-def pad_byte(value: float, dtype: np.dtype) -> int | None:
+def pad_byte(value: object, dtype: np.dtype) -> int | None:
     """A padding value as the byte a one-byte dtype stores, or None (wider dtypes, or a value the
     dtype cannot hold exactly: the numpy path decides what those do)."""
     if dtype.itemsize != 1:
         return None
+    if type(value) is int:  # the usual case (a zero point): cached (floats are not: 0.0 == -0.0)
+        return _int_pad_byte(value, dtype)
+    if not isinstance(value, (float, bool, np.number)):
+        return None
+    return _pad_byte(value, dtype)
+
+
+@lru_cache(maxsize=64)
+def _int_pad_byte(value: int, dtype: np.dtype) -> int | None:
+    return _pad_byte(value, dtype)
+
+
+def _pad_byte(value: object, dtype: np.dtype) -> int | None:
     try:
         v = np.array(value, dtype=dtype)
     except (OverflowError, ValueError, TypeError):
@@ -59,7 +73,7 @@ def pad_byte(value: float, dtype: np.dtype) -> int | None:
 
 def to_planar(x: np.ndarray, wp: int, pad: int) -> np.ndarray | None:
     """Bytes ``(m, w, c)`` → ``(m, c, wp)``, columns ``w:`` set to ``pad`` (its low byte)."""
-    if _simd is None or x.dtype.itemsize != 1 or x.ndim != 3 or not x.flags.c_contiguous:
+    if _simd is None or x.dtype.itemsize != 1 or x.ndim != 3 or not x.flags.c_contiguous or not x.size:
         return None
     m, w, c = x.shape
     y = np.empty((m, c, wp), x.dtype)
@@ -69,7 +83,7 @@ def to_planar(x: np.ndarray, wp: int, pad: int) -> np.ndarray | None:
 
 def to_interleaved(z: np.ndarray, w: int) -> np.ndarray | None:
     """Bytes ``(m, c, wp)`` → ``(m, w, c)``: the first ``w`` columns, interleaved."""
-    if _simd is None or z.dtype.itemsize != 1 or z.ndim != 3 or not z.flags.c_contiguous:
+    if _simd is None or z.dtype.itemsize != 1 or z.ndim != 3 or not z.flags.c_contiguous or not z.size:
         return None
     m, c, wp = z.shape
     y = np.empty((m, w, c), z.dtype)

@@ -194,6 +194,10 @@ static void interleaved3_avx2(const uint8_t *src, uint8_t *dst, Py_ssize_t m, Py
 /* ---- Python bindings --------------------------------------------------------------------- */
 
 static int check_sizes(Py_buffer *in, Py_ssize_t in_bytes, Py_buffer *out, Py_ssize_t out_bytes) {
+    if (in_bytes < 0 || out_bytes < 0) {
+        PyErr_SetString(PyExc_OverflowError, "tensor sizes overflow");
+        return 0;
+    }
     if (in->len != in_bytes || out->len != out_bytes) {
         PyErr_Format(PyExc_ValueError, "buffer sizes %zd and %zd do not match the expected %zd and %zd",
                      in->len, out->len, in_bytes, out_bytes);
@@ -208,7 +212,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*w*ff", &in, &out, &scale, &zp)) return NULL;
     Py_ssize_t n = out.len;
     PyObject *result = NULL;
-    if (check_sizes(&in, n * 4, &out, n)) {
+    if (check_sizes(&in, n > PY_SSIZE_T_MAX / 4 ? -1 : n * 4, &out, n)) {
         Py_BEGIN_ALLOW_THREADS
 #ifdef NPUSIM_X86
         if (has_avx2) quantize_avx2(in.buf, out.buf, n, scale, zp); else
@@ -228,7 +232,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*w*ff", &in, &out, &scale, &zp)) return NULL;
     Py_ssize_t n = in.len;
     PyObject *result = NULL;
-    if (check_sizes(&in, n, &out, n * 4)) {
+    if (check_sizes(&in, n, &out, n > PY_SSIZE_T_MAX / 4 ? -1 : n * 4)) {
         Py_BEGIN_ALLOW_THREADS
 #ifdef NPUSIM_X86
         if (has_avx2) dequantize_avx2(in.buf, out.buf, n, scale, zp); else
@@ -240,6 +244,13 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     PyBuffer_Release(&in);
     PyBuffer_Release(&out);
     return result;
+}
+
+/* m·w·c and m·c·wp in bytes, or -1 when a product overflows (the size check then refuses). */
+static Py_ssize_t product3(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c) {
+    Py_ssize_t ab, abc;
+    if (__builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc)) return -1;
+    return abc;
 }
 
 static int check_matrix(Py_ssize_t m, Py_ssize_t w, Py_ssize_t c, Py_ssize_t wp) {
@@ -256,7 +267,7 @@ static PyObject *py_to_planar(PyObject *self, PyObject *args) {
     int pad;
     if (!PyArg_ParseTuple(args, "y*w*nnnni", &in, &out, &m, &w, &c, &wp, &pad)) return NULL;
     PyObject *result = NULL;
-    if (check_matrix(m, w, c, wp) && check_sizes(&in, m * w * c, &out, m * c * wp)) {
+    if (check_matrix(m, w, c, wp) && check_sizes(&in, product3(m, w, c), &out, product3(m, c, wp))) {
         Py_BEGIN_ALLOW_THREADS
 #ifdef NPUSIM_X86
         if (c == 3 && has_avx2) planar3_avx2(in.buf, out.buf, m, w, wp, (uint8_t)pad); else
@@ -275,7 +286,7 @@ static PyObject *py_to_interleaved(PyObject *self, PyObject *args) {
     Py_ssize_t m, w, c, wp;
     if (!PyArg_ParseTuple(args, "y*w*nnnn", &in, &out, &m, &w, &c, &wp)) return NULL;
     PyObject *result = NULL;
-    if (check_matrix(m, w, c, wp) && check_sizes(&in, m * c * wp, &out, m * w * c)) {
+    if (check_matrix(m, w, c, wp) && check_sizes(&in, product3(m, c, wp), &out, product3(m, w, c))) {
         Py_BEGIN_ALLOW_THREADS
 #ifdef NPUSIM_X86
         if (c == 3 && has_avx2) interleaved3_avx2(in.buf, out.buf, m, w, wp); else
@@ -287,6 +298,16 @@ static PyObject *py_to_interleaved(PyObject *self, PyObject *args) {
     PyBuffer_Release(&in);
     PyBuffer_Release(&out);
     return result;
+}
+
+static PyObject *py_use_avx2(PyObject *self, PyObject *arg) {
+    /* Tests turn AVX2 off to run the portable kernels too; it can only be turned on where the CPU has it. */
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+#ifdef NPUSIM_X86
+    has_avx2 = on && __builtin_cpu_supports("avx2");
+#endif
+    return Py_NewRef(Py_None);
 }
 
 static PyObject *py_features(PyObject *self, PyObject *unused) {
@@ -303,6 +324,7 @@ static PyMethodDef methods[] = {
     {"to_planar", py_to_planar, METH_VARARGS, "to_planar(src, dst, m, w, c, wp, pad): (m, w, c) -> (m, c, wp) bytes"},
     {"to_interleaved", py_to_interleaved, METH_VARARGS, "to_interleaved(src, dst, m, w, c, wp): (m, c, wp) -> (m, w, c) bytes"},
     {"features", py_features, METH_NOARGS, "the SIMD extensions the kernels use on this CPU"},
+    {"_use_avx2", py_use_avx2, METH_O, "_use_avx2(flag): for tests, run the portable kernels instead"},
     {NULL, NULL, 0, NULL},
 };
 

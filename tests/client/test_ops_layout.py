@@ -1,24 +1,18 @@
 """Lower, Unlower, Pad and Slice: the fast NHWC kernels (compiled shuffles for byte tensors; without them,
 two wide onnxruntime transposes) give exactly ``services.layout``'s lowered tensor, Unlower
 inverts Lower, every other layout still goes through ``services.layout``, Pad and Slice equal
-``layout.pad_last``/``slice_last``, and outputs are new arrays. Every test runs with the compiled kernels and without them. Correctness only."""
+``layout.pad_last``/``slice_last``, and outputs are new arrays. Every test runs with the compiled kernels (AVX2 and portable C) and without them. Correctness only."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from client.ops import _native, _transpose, load_op
+from client.ops import _transpose, load_op
 from services import layout
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("kernels")]
 
-
-@pytest.fixture(autouse=True, params=["native", "fallback"])
-def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "fallback":
-        monkeypatch.setattr(_native, "_simd", None)
-    return str(request.param)
 
 # (shape, why): NHWC shapes crossing every branch of the kernels
 NHWC = [
@@ -35,6 +29,7 @@ NHWC = [
     ((2, 5, 7, 3), "tiny"),
     ((1, 8, 47, 3), "W % 16 != 0: the compiled kernel's byte tail"),
     ((3, 4, 16, 3), "one 16-pixel block a row"),
+    ((1, 2, 5, 0), "no channels: an empty tensor"),
 ]
 
 
@@ -139,7 +134,7 @@ def test_the_image_sized_tensors_take_the_compiled_kernels(kernels: str, monkeyp
 
 def test_the_image_sized_tensors_take_the_onnxruntime_chain(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the compiled kernels: so the equalities above cover the chain, not only numpy's copy."""
-    if kernels == "native":
+    if kernels != "fallback":
         pytest.skip("the compiled kernels serve these")
     calls: list[tuple[int, ...]] = []
     real = _transpose._run_chain
