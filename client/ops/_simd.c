@@ -19,7 +19,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define NPUSIM_X86 1
 #include <immintrin.h>
-static int has_avx2;
+static int has_avx2, has_fma;
 #endif
 
 /* ---- Quantize: y = clamp(rint(x / scale) + zp, -128, 127), NaN -> -128 -------------------- */
@@ -36,25 +36,37 @@ static void quantize_c(const float *x, int8_t *y, Py_ssize_t n, float scale, flo
 }
 
 #ifdef NPUSIM_X86
-/* Eight lanes at a time, four vectors packed into 32 bytes per step. It divides, as onnxruntime
- * does, so it is exact by construction; the divider then bounds it about where memory does
- * (multiplying by the reciprocal measured only ~15 % faster and rounds some ties the other way). */
-__attribute__((target("avx2")))
+/* Eight lanes at a time, four vectors packed into 32 bytes per step, without a division: a
+ * divide-bound kernel (onnxruntime's, or this one with vdivps) costs ~20 % more here.
+ *
+ * Exact all the same, by Markstein's theorem: with inv = RN(1/scale) and q = RN(x * inv) within
+ * an ulp of x / scale, the remainder e = x - q * scale is exact in one FMA and RN(q + e * inv) is
+ * RN(x / scale), the quotient a division gives. The scale must keep 1/scale and the products
+ * normal: the caller sends scales outside [2^-100, 2^100] to the portable kernel.
+ *
+ * Out-of-range and special values need no separate clamp: min(hi, x) caps large x (and +inf) at
+ * 1024 * scale and keeps NaN (MINPS returns its second operand when one is NaN); a NaN, -inf or
+ * a quotient below -2^31 converts to INT_MIN; the zero point is added in int16 with saturation
+ * after the first pack, and the second pack saturates to int8: so NaN -> -128, +inf -> 127,
+ * -inf -> -128, like the scalar version. */
+__attribute__((target("avx2,fma")))
 static void quantize_avx2(const float *x, int8_t *y, Py_ssize_t n, float scale, float zp) {
-    const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(zp);
-    const __m256 lo = _mm256_set1_ps(-128.f), hi = _mm256_set1_ps(127.f);
+    const __m256 s = _mm256_set1_ps(scale), inv = _mm256_set1_ps(1.0f / scale);
+    const __m256 hi = _mm256_set1_ps(1024.f * scale);
+    const __m256i z = _mm256_set1_epi16((short)zp);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* undo the packs' lane interleave */
     Py_ssize_t i = 0;
     for (; i + 32 <= n; i += 32) {
         __m256i r[4];
         for (int k = 0; k < 4; k++) {
-            __m256 v = _mm256_div_ps(_mm256_loadu_ps(x + i + 8 * k), s);
-            v = _mm256_add_ps(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
-            /* max(v, lo) returns lo for a NaN v: NaN -> -128, as in the scalar version */
-            r[k] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+            __m256 v = _mm256_min_ps(hi, _mm256_loadu_ps(x + i + 8 * k));
+            __m256 q = _mm256_mul_ps(v, inv);
+            q = _mm256_fmadd_ps(_mm256_fnmadd_ps(q, s, v), inv, q);
+            r[k] = _mm256_cvtps_epi32(q);  /* rounds half to even (the default MXCSR mode) */
         }
-        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
-        _mm256_storeu_si256((__m256i *)(y + i), _mm256_permutevar8x32_epi32(p, order));
+        __m256i lo16 = _mm256_adds_epi16(_mm256_packs_epi32(r[0], r[1]), z);
+        __m256i hi16 = _mm256_adds_epi16(_mm256_packs_epi32(r[2], r[3]), z);
+        _mm256_storeu_si256((__m256i *)(y + i), _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo16, hi16), order));
     }
     quantize_c(x + i, y + i, n - i, scale, zp);
 }
@@ -215,7 +227,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     if (check_sizes(&in, n > PY_SSIZE_T_MAX / 4 ? -1 : n * 4, &out, n)) {
         Py_BEGIN_ALLOW_THREADS
 #ifdef NPUSIM_X86
-        if (has_avx2) quantize_avx2(in.buf, out.buf, n, scale, zp); else
+        if (has_avx2 && has_fma && scale >= 0x1p-100f && scale <= 0x1p100f) quantize_avx2(in.buf, out.buf, n, scale, zp); else
 #endif
         quantize_c(in.buf, out.buf, n, scale, zp);
         Py_END_ALLOW_THREADS
@@ -334,6 +346,7 @@ PyMODINIT_FUNC PyInit__simd(void) {
 #ifdef NPUSIM_X86
     __builtin_cpu_init();
     has_avx2 = __builtin_cpu_supports("avx2");
+    has_fma = __builtin_cpu_supports("fma");
 #endif
     return PyModule_Create(&module);
 }
