@@ -152,7 +152,7 @@ def test_the_compiled_kernels_are_built() -> None:
     assert importlib.import_module("client.ops._simd").features() is not None
 
 
-@pytest.mark.parametrize("scale", [1e-40, 1e-38, 3e-5, 1e30, 3e38])
+@pytest.mark.parametrize("scale", [1e-40, 1e-38, 2.0**-101, 2.0**-100, 3e-5, 2.0**100, 2.0**101, 1e30, 3e38])
 def test_quantize_extreme_scales_equal_the_numpy_kernel(scale: float) -> None:
     s = float(np.float32(scale))
     x = _hard_values((3, 1000), np.float32(s), 11)
@@ -160,6 +160,16 @@ def test_quantize_extreme_scales_equal_the_numpy_kernel(scale: float) -> None:
     with np.errstate(all="ignore"):
         ref = _quantize(x, s, 5)
     assert np.array_equal(load_op("Quantize", {"scale": s, "zero_point": 5}).run(x), ref)
+
+
+@pytest.mark.parametrize("scale", [0.018658448, 1 / 3, 2.0**-100, 2.0**100])
+def test_quantize_random_bit_patterns_equal_the_numpy_kernel(scale: float) -> None:
+    """Every kind of float32 (NaN payloads, subnormals, infinities, huge values), a million of them."""
+    s = float(np.float32(scale))
+    x = np.random.default_rng(5).integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    with np.errstate(all="ignore"):
+        ref = _quantize(x, s, -7)
+    assert np.array_equal(load_op("Quantize", {"scale": s, "zero_point": -7}).run(x), ref)
 
 
 def test_tensors_take_the_compiled_kernels(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
