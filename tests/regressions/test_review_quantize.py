@@ -9,29 +9,14 @@ bit for bit.
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from client.ops import load_op
+from tests.qdq_reference import qdq_reference
 
 pytestmark = pytest.mark.timeout(60)
 
 SHAPE = (1, 4, 8, 32)
-
-
-def _quantize_linear(x: np.ndarray, scale: np.float32, zero_point: int) -> np.ndarray:
-    g = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])], "q",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.INT8, list(x.shape))],
-        [numpy_helper.from_array(np.array(scale, np.float32), "s"),
-         numpy_helper.from_array(np.array(zero_point, np.int8), "z")])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
 
 
 def _ties(scale: np.float32, seed: int) -> np.ndarray:
@@ -51,7 +36,7 @@ def test_quantize_equals_onnxruntime_quantize_linear_on_rounding_ties(scale: flo
     for seed in range(3):
         x = _ties(s, seed)
         got = op.run(x)
-        ref = _quantize_linear(x, s, zero_point)
+        ref = qdq_reference("QuantizeLinear", x, float(s), zero_point)
         assert got.dtype == ref.dtype == np.int8
         assert np.array_equal(got, ref), f"{np.count_nonzero(got != ref)} of {x.size} values differ"
 
@@ -62,7 +47,7 @@ def test_quantize_equals_onnxruntime_on_ordinary_and_saturating_values() -> None
     x = (rng.standard_normal(SHAPE) * 3).astype(np.float32)
     x.flat[:4] = [1e9, -1e9, 0.0, -0.0]
     got = load_op("Quantize", {"scale": float(s), "zero_point": zp}).run(x)
-    assert np.array_equal(got, _quantize_linear(x, s, zp))
+    assert np.array_equal(got, qdq_reference("QuantizeLinear", x, float(s), zp))
 
 
 def test_quantize_leaves_its_input_alone() -> None:
