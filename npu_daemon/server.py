@@ -302,11 +302,10 @@ class DaemonService(Service):
             s.host_bound += host_bound
             self.host_bound += host_bound
             self.clock.account(s.pe, times, s.costs[job.stage])
-            timing: dict[str, Any] = times.as_dict()
-            timing.update(host_bound=host_bound, zero_filled=self.options.timing_only, stage=job.stage,
-                          emulated_ns=times.end - times.arrival, replied_ns=max(times.end, ready) - times.arrival)
+            timing = times.as_dict(host_bound=host_bound, zero_filled=self.options.timing_only, stage=job.stage,
+                                   replied_ns=max(times.end, ready) - times.arrival)
             body: dict[str, Any] = {"timing": timing}
-            parent = tracing.extract(req.msg.traceparent)
+            parent = tracing.extract(req.msg.traceparent) if req.msg.traceparent else None
             if parent is not None:
                 collect = bool(req.msg.body.get("collect"))
                 body["spans"] = self._spans(parent, job, host_bound, max(times.end, ready), collect)

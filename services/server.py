@@ -89,7 +89,7 @@ class Service:
         self._closed = False
         self._close_lock = threading.Lock()  # orders late cross-thread calls against shutdown
         self.orphaned = False
-        self._loop_thread: threading.Thread | None = None
+        self._loop_ident: int | None = None  # threading.get_ident() of the loop thread
 
     # -- what subclasses provide -------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -108,7 +108,7 @@ class Service:
     # -- thread-safe API ----------------------------------------------------------
     def reply(self, req: Request, msg: Message) -> None:
         """Queue a reply from any thread; the loop sends it (dropped once the service has stopped)."""
-        if threading.current_thread() is self._loop_thread:
+        if threading.get_ident() == self._loop_ident:
             self._send(req.peer, msg)
             return
         with self._close_lock:
@@ -138,7 +138,7 @@ class Service:
         heapq.heappush(self._timers, (when_ns, next(self._seq), fn))
 
     def serve_forever(self) -> None:
-        self._loop_thread = threading.current_thread()
+        self._loop_ident = threading.get_ident()
         fd = self.sock.getsockopt(zmq.FD)
         next_tick = time.monotonic()
         try:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
+from services import protocol
 from services.errors import NpusimError, ProtocolError, to_wire
 from services.protocol import (
     DTYPES,
@@ -417,3 +418,100 @@ def test_structurally_mutated_headers_decode_or_raise_protocol_error() -> None:
     decoded, escapes, examples = _decode_escapes(inputs)
     assert decoded > 0
     assert not escapes, f"decode raised non-ProtocolError exceptions: {dict(escapes)}; e.g. {examples[:1]!r}"
+
+
+# -- the repeated-header cache: a shortcut must decode exactly like the full path ---------------------
+
+
+def _same(a: Message, b: Message) -> bool:
+    return (a.kind, a.id, a.body, a.traceparent) == (b.kind, b.id, b.body, b.traceparent) and \
+        [(n, x.dtype, x.shape, x.tobytes()) for n, x in a.tensors] == \
+        [(n, x.dtype, x.shape, x.tobytes()) for n, x in b.tensors]
+
+
+def _full(frames: list[bytes]) -> Message:
+    return protocol._decode([memoryview(f) for f in frames])[0]
+
+
+@pytest.fixture
+def cache() -> Any:
+    protocol._REPEATS.clear()
+    yield protocol._REPEATS
+    protocol._REPEATS.clear()
+
+
+def _run(rid: int, handle: str = "h" * 32, x: np.ndarray | None = None, tp: str | None = None) -> list[bytes]:
+    x = np.arange(6, dtype=np.int8).reshape(2, 3) if x is None else x
+    return wire(encode(Message(Kind.RUN, rid, {"handle": handle, "stage": 1}, [("input", x)], tp)))
+
+
+@pytest.mark.parametrize("rid", [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1])
+def test_repeated_request_decodes_like_the_first_for_every_id_width(cache: Any, rid: int) -> None:
+    decode(_run(7))  # the first decode fills the cache
+    assert len(cache) == 1
+    frames = _run(rid, x=np.full((2, 3), 5, np.int8))
+    msg = decode(frames)
+    assert len(cache) == 1  # the same header but for the id: a hit, not a new entry
+    assert msg.id == rid and _same(msg, _full(frames))
+
+
+def test_cached_header_still_checks_its_frames(cache: Any) -> None:
+    decode(_run(1))
+    frames = _run(2)
+    with pytest.raises(ProtocolError, match="needs 6 bytes but its frame has 5"):
+        decode([frames[0], frames[1][:5]])
+    with pytest.raises(ProtocolError, match="describes 1 tensors but 2"):
+        decode([*frames, b""])
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        decode(frames, max_message_bytes=8)
+
+
+def test_cached_header_refuses_an_id_beyond_63_bits(cache: Any) -> None:
+    decode(_run(1))
+    head = msgpack.packb({"v": VERSION, "k": int(Kind.RUN), "id": 2**63, "tp": None,
+                          "t": [["input", "int8", [2, 3]]], "b": {"handle": "h" * 32, "stage": 1}})
+    with pytest.raises(ProtocolError, match="non-negative integer"):
+        decode([head, bytes(6)])
+
+
+def test_decoded_bodies_are_not_shared(cache: Any) -> None:
+    decode(_run(1))
+    first = decode(_run(2))
+    first.body["handle"] = "changed"
+    assert decode(_run(3)).body["handle"] == "h" * 32
+
+
+def test_traced_and_non_canonical_headers_are_not_cached(cache: Any) -> None:
+    decode(_run(1, tp=TRACEPARENT))
+    assert not cache  # a trace id never repeats
+    # six entries with "id" twice: msgpack keeps the last, and so must every later decode
+    head = b"\x86" + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in (
+        ("v", VERSION), ("k", int(Kind.RUN)), ("id", 5), ("t", [["input", "int8", [2, 3]]]),
+        ("b", {"handle": "h"}), ("id", 9)))
+    assert decode([head, bytes(6)]).id == 9
+    assert not cache
+    assert decode([head.replace(b"id\x05", b"id\x06", 1), bytes(6)]).id == 9
+
+
+def test_mutated_repeated_requests_decode_like_the_full_path(cache: Any) -> None:
+    """Byte-level damage to cached RUN/JOB headers: the shortcut gives the full decode's message, or
+    both raise ProtocolError."""
+    rng = np.random.default_rng(777)
+    seeds = [_run(3), _run(300), wire(encode(Message(Kind.JOB, 70000, {"collect": True},
+                                                        [("x", np.ones((4,), np.float32))])))]
+    checked = 0
+    for _ in range(3000):
+        for s in seeds:
+            decode(s)  # keep the seeds cached
+        frames = [bytes(f) for f in mutate(rng, seeds[int(rng.integers(0, len(seeds)))])]
+        try:
+            want: Message | None = _full(frames)
+        except ProtocolError:
+            want = None
+        if want is None:
+            with pytest.raises(ProtocolError):
+                decode(frames)
+        else:
+            assert _same(decode(frames), want)
+            checked += 1
+    assert checked > 100
