@@ -305,7 +305,7 @@ class DaemonService(Service):
             timing = times.as_dict(host_bound=host_bound, zero_filled=self.options.timing_only, stage=job.stage,
                                    replied_ns=max(times.end, ready) - times.arrival)
             body: dict[str, Any] = {"timing": timing}
-            parent = tracing.extract(req.msg.traceparent) if req.msg.traceparent else None
+            parent = tracing.extract(req.msg.traceparent)
             if parent is not None:
                 collect = bool(req.msg.body.get("collect"))
                 body["spans"] = self._spans(parent, job, host_bound, max(times.end, ready), collect)

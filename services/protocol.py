@@ -216,14 +216,14 @@ def decode(frames: Sequence[Any], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
             kind, body, specs = known
             return Message(kind, rid, dict(body), [_view(spec, b) for spec, b in zip(specs, bufs[1:])])
     msg, canonical = _decode(bufs)
-    if key is not None and canonical and msg.kind in REPEATED and msg.traceparent is None:
+    if key is not None and canonical and msg.kind in _REPEATED and msg.traceparent is None:
         if len(_REPEATS) >= _REPEATS_MAX:
             _REPEATS.clear()
         _REPEATS[key[1]] = (msg.kind, dict(msg.body), [(n, a.dtype, a.shape, a.nbytes) for n, a in msg.tensors])
     return msg
 
 
-REPEATED = frozenset({Kind.RUN, Kind.JOB})
+_REPEATED = frozenset({Kind.RUN, Kind.JOB})
 """Requests a peer sends over and over with the same header but for the id (the same session,
 stage and tensor shapes, no trace): their decoded headers are remembered, so the next one costs
 a lookup instead of msgpack and the validation. The first of each is decoded and validated in
@@ -236,12 +236,16 @@ _ID_WIDTH = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}  # msgpack's unsigned ints (a p
 _Spec3 = tuple[str, np.dtype, tuple[int, ...], int]  # name, dtype, shape, bytes
 _REPEATS: dict[bytes, tuple[Kind, dict[str, Any], list[_Spec3]]] = {}
 _REPEATS_MAX = 1024
+_REPEATED_BYTES = frozenset(int(k) for k in _REPEATED)  # kinds below 128: one msgpack byte each
 
 
 def _repeat_key(head: memoryview) -> tuple[int, bytes] | None:
-    """(id, the header without its id) when ``head`` starts the way encode() writes a header."""
+    """(id, the header without its id) when ``head`` starts the way encode() writes a header of a
+    kind in _REPEATED; None for any other header, which is then neither copied nor hashed."""
+    if head.nbytes <= _ID_AT or head[6] not in _REPEATED_BYTES:
+        return None
     h = bytes(head)
-    if not h.startswith(_HEAD) or h[7:10] != b"\xa2id" or len(h) <= _ID_AT:
+    if not h.startswith(_HEAD) or h[7:10] != b"\xa2id":
         return None
     tag = h[_ID_AT]
     if tag < 0x80:

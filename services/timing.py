@@ -79,12 +79,11 @@ class JobTimes:
 
     def as_dict(self, **extra: Any) -> dict[str, Any]:
         """The timeline as a RESULT's ``timing`` (with ``emulated_ns``), plus ``extra`` fields."""
-        arrival, end = self.arrival, self.end
-        return {"arrival_ns": arrival, "start_ns": self.h2d_start, "h2d_end_ns": self.h2d_end,
-                "exec_start_ns": self.exec_start, "exec_end_ns": self.exec_end, "end_ns": end,
-                "queue_ns": self.h2d_start - arrival, "h2d_ns": self.h2d_end - self.h2d_start,
-                "exec_ns": self.exec_end - self.exec_start, "d2h_ns": end - self.d2h_start,
-                "dram_shared": round(self.shared, 4) if self.shared else 0.0, "emulated_ns": end - arrival, **extra}
+        return {"arrival_ns": self.arrival, "start_ns": self.h2d_start, "h2d_end_ns": self.h2d_end,
+                "exec_start_ns": self.exec_start, "exec_end_ns": self.exec_end, "end_ns": self.end,
+                "queue_ns": self.queue_ns, "h2d_ns": self.h2d_end - self.h2d_start,
+                "exec_ns": self.exec_end - self.exec_start, "d2h_ns": self.end - self.d2h_start,
+                "dram_shared": round(self.shared, 4), "emulated_ns": self.end - self.arrival, **extra}
 
 
 @dataclass
