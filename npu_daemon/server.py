@@ -4,6 +4,13 @@ A RUN is answered at the later of two instants: when the emulated PE finishes th
 (its timeline) and when onnxruntime has really computed the outputs. When the host is the
 later one the job is *host-bound*: the wall clock then no longer matches the chip, so the
 daemon counts it and marks it in the reply and the trace.
+
+In timing-only mode, once a session's RUN has been decoded and checked, the same request
+again (the same header but for its id: same session, stage and tensor shapes, no trace) is
+*routed*: the serving loop's compiled lane hands it straight to :meth:`DaemonService._routed`,
+which schedules it like any other and answers with a RESULT built from prepared parts, byte
+for byte what the decode → handler → encode path sends. That is what lets one daemon keep up
+with tens of thousands of tiny jobs a second (benchmarks/daemon_capacity.py).
 """
 
 from __future__ import annotations
@@ -41,7 +48,10 @@ from services.protocol import (
     Kind,
     Message,
     error_message,
+    reply_parts,
+    route_key,
 )
+from services.lane import Outputs
 from services.server import Request, Service
 from services.timing import CORES, DeviceClock, JobTimes, StageTiming
 
@@ -79,6 +89,19 @@ class OpenSession:
     outstanding: int = 0
     jobs: int = 0
     host_bound: int = 0
+    routes: list[bytes] = field(default_factory=list)  # the loop's route keys of this session's RUNs
+
+
+@dataclass(slots=True)
+class _Route:
+    """A session's repeated RUN of one stage, answered without decoding it (timing-only mode)."""
+
+    session: OpenSession
+    stage: int
+    cost: StageTiming
+    head: bytes  # the RESULT's header around its id and body (protocol.reply_parts)
+    tail: bytes
+    outputs: Outputs  # the zero-filled outputs, prepared once
 
 
 class DaemonService(Service):
@@ -203,6 +226,8 @@ class DaemonService(Service):
         s = self.sessions.pop(handle, None)
         if s is None:
             return
+        for key in s.routes:
+            self.routes.pop(key, None)
         for c in CORES[s.pe]:
             if self.owner[c] == handle:
                 self.owner[c] = None
@@ -249,15 +274,16 @@ class DaemonService(Service):
         ex = s.executor
         stage = req.msg.body.get("stage", 0)
         inputs = ex.check(stage, req.msg.tensors)
-        if s.outstanding >= self.options.queue_limit:
-            raise QueueFull(f"{self.name}{s.pe} already has {s.outstanding} jobs queued (limit "
-                            f"{self.options.queue_limit}); wait for results before submitting more")
+        self._admit(s)
         c = s.costs[stage]
         times = self.clock.schedule(s.pe, req.received_ns, c)
         job = _Job(req, s, stage, times)
         s.outstanding += 1
         s.jobs += 1
-        if ex.cheap and s.outstanding == 1:
+        if ex.timing_only and req.msg.traceparent is None:
+            self._add_route(req, s, stage)
+        # Timing-only outputs are ready at once, so their jobs' replies stay in FIFO order inline.
+        if ex.cheap and (ex.timing_only or s.outstanding == 1):
             outs, ready = ex.timed(stage, inputs)
             self._complete(job, outs, ready)
             return None
@@ -267,6 +293,63 @@ class DaemonService(Service):
 
         ex.submit(stage, inputs, done)
         return None
+
+    def _admit(self, s: OpenSession) -> None:
+        if s.outstanding >= self.options.queue_limit:
+            raise QueueFull(f"{self.name}{s.pe} already has {s.outstanding} jobs queued (limit "
+                            f"{self.options.queue_limit}); wait for results before submitting more")
+
+    def _add_route(self, req: Request, s: OpenSession, stage: int) -> None:
+        """Route this RUN's header, once its request has passed every check of the full path."""
+        key = route_key(req.frames[0]) if self.lane is not None else None
+        if key is None or key in self.routes:
+            return
+        assert s.executor is not None
+        head, tail, frames = reply_parts(Kind.RESULT, list(zip(s.outputs[stage], s.executor.stages[stage].zeros)))
+        route = _Route(s, stage, s.costs[stage], head, tail, Outputs(frames))
+        sizes = tuple(a.nbytes for _, a in req.msg.tensors)
+        if self.add_route(key, lambda rid, peer, received: self._routed(route, rid, peer, received), sizes):
+            s.routes.append(key)
+
+    def _routed(self, route: _Route, rid: int, peer: bytes, received: int) -> None:
+        """A routed RUN: what :meth:`_run` does for a timing-only job, without a Message."""
+        stats, s = self.stats, route.session
+        stats.received += 1
+        stats.by_kind["RUN"] = stats.by_kind.get("RUN", 0) + 1
+        try:
+            self._admit(s)
+        except QueueFull as e:
+            stats.handler_errors += 1
+            self._send(peer, error_message(rid, e))
+            return
+        s.last_seen = received / 1e9
+        s.outstanding += 1
+        s.jobs += 1
+        times = self.clock.schedule(s.pe, received, route.cost)
+        ready = time.monotonic_ns()  # the zero-filled outputs are ready now
+        if times.end > ready:
+            self.call_at(times.end, lambda: self._routed_reply(route, rid, peer, times, ready))
+        else:
+            self._routed_reply(route, rid, peer, times, ready)
+
+    def _routed_reply(self, route: _Route, rid: int, peer: bytes, times: JobTimes, ready: int) -> None:
+        s = route.session
+        s.outstanding -= 1
+        try:
+            body = {"timing": self._timing(s, route.stage, times, ready)}
+            self.send_reply(peer, rid, route.head, route.tail, body, route.outputs)
+        except Exception as e:  # noqa: BLE001 - whatever goes wrong here, the requester still gets an answer
+            log.exception("%s: building a RESULT failed", self.name)
+            self._send(peer, error_message(rid, e))
+
+    def _timing(self, s: OpenSession, stage: int, times: JobTimes, ready: int) -> dict[str, Any]:
+        """Count a finished job (host-bound or not, the PE's counters) and give its RESULT timing."""
+        host_bound = ready > times.end
+        s.host_bound += host_bound
+        self.host_bound += host_bound
+        self.clock.account(s.pe, times, s.costs[stage])
+        return times.as_dict(host_bound=host_bound, zero_filled=self.options.timing_only, stage=stage,
+                             replied_ns=max(times.end, ready) - times.arrival)
 
     def _complete_future(self, job: _Job, fut: cf.Future[tuple[list[np.ndarray], int]]) -> None:
         err: NpusimError | None = None
@@ -298,17 +381,12 @@ class DaemonService(Service):
         s, times, req = job.session, job.times, job.req
         s.outstanding -= 1
         try:
-            host_bound = ready > times.end
-            s.host_bound += host_bound
-            self.host_bound += host_bound
-            self.clock.account(s.pe, times, s.costs[job.stage])
-            timing = times.as_dict(host_bound=host_bound, zero_filled=self.options.timing_only, stage=job.stage,
-                                   replied_ns=max(times.end, ready) - times.arrival)
+            timing = self._timing(s, job.stage, times, ready)
             body: dict[str, Any] = {"timing": timing}
             parent = tracing.extract(req.msg.traceparent)
             if parent is not None:
                 collect = bool(req.msg.body.get("collect"))
-                body["spans"] = self._spans(parent, job, host_bound, max(times.end, ready), collect)
+                body["spans"] = self._spans(parent, job, timing["host_bound"], max(times.end, ready), collect)
             reply = req.msg.reply(Kind.RESULT, body, list(zip(s.outputs[job.stage], outs)))
         except Exception as e:  # noqa: BLE001
             log.exception("%s: building a RESULT failed", self.name)

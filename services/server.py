@@ -2,7 +2,10 @@
 
 The loop waits on the socket's file descriptor with ``select`` so timers fire with
 microsecond resolution (``zmq_poll`` rounds to milliseconds, too coarse for an emulated
-NPU job of a few hundred microseconds). Handlers run on the loop thread; slow work (a
+NPU job of a few hundred microseconds). It reads the socket through the compiled lane
+(services/lane.py) where it can: a request that repeats a header a handler registered as a
+*route* goes straight to the route's callable, undecoded, and its reply can be sent without
+building a Message; every other message takes the decode → handler → encode path. Handlers run on the loop thread; slow work (a
 compile, an onnxruntime run) goes to a thread that hands its reply back through
 :meth:`Service.reply`, which is thread-safe. A message that fails to decode is answered
 with a ProtocolError and counted; a handler that raises is answered with its error. The
@@ -27,7 +30,17 @@ import zmq
 
 from services import __version__
 from services.errors import NpusimError, ProtocolError, ServiceError
-from services.protocol import DEFAULT_MAX_MESSAGE_BYTES, Kind, Message, decode, encode, error_message, peek_id
+from services.lane import Outputs, open_lane
+from services.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_HEADER_BYTES,
+    Kind,
+    Message,
+    decode,
+    encode,
+    error_message,
+    peek_id,
+)
 from services.sockets import CurveKeys, bind, new_socket, recv_frames, release_context, send_frames
 
 __all__ = ["Request", "Service"]
@@ -46,6 +59,7 @@ class Request:
     peer: bytes
     msg: Message
     received_ns: int  # time.monotonic_ns() when the loop read it
+    frames: list[Any]  # the message as received, without the peer: its header is frames[0]
 
 
 @dataclass
@@ -60,6 +74,9 @@ class _Stats:
 
 
 Handler = Callable[[Request], Message | None]
+RouteFn = Callable[[int, bytes, int], None]
+"""A route's callable: (request id, peer, received_ns); it answers (or schedules the answer) itself."""
+MAX_ROUTES = 1024
 
 
 class Service:
@@ -90,6 +107,8 @@ class Service:
         self._close_lock = threading.Lock()  # orders late cross-thread calls against shutdown
         self.orphaned = False
         self._loop_ident: int | None = None  # threading.get_ident() of the loop thread
+        self.lane: Any = None  # the compiled path, opened by the loop (None: pyzmq serves)
+        self.routes: dict[bytes, tuple[RouteFn, tuple[int, ...]]] = {}
 
     # -- what subclasses provide -------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -137,8 +156,27 @@ class Service:
         """Run ``fn`` on the loop thread at ``time.monotonic_ns() >= when_ns``."""
         heapq.heappush(self._timers, (when_ns, next(self._seq), fn))
 
+    def add_route(self, key: bytes, fn: RouteFn, sizes: tuple[int, ...]) -> bool:
+        """Send requests whose header is ``key`` (see :func:`services.protocol.route_key`) with
+        tensor frames of ``sizes`` bytes to ``fn``, undecoded. Only with a lane, and at most
+        MAX_ROUTES; False when not added (the requests then keep taking the handler's path)."""
+        if self.lane is None or len(self.routes) >= MAX_ROUTES:
+            return False
+        self.routes[key] = (fn, sizes)
+        return True
+
+    def send_reply(self, peer: bytes, rid: int, head: bytes, tail: bytes, body: dict[str, Any],
+                   outputs: Outputs | None) -> None:
+        """Send a reply from its parts (:func:`services.protocol.reply_parts`) through the lane,
+        without building a Message; loop thread only, and only while a lane serves."""
+        if self.lane.send(peer, head, rid, tail, body, outputs):
+            self.stats.replied += 1
+        else:
+            self.stats.undeliverable += 1
+
     def serve_forever(self) -> None:
         self._loop_ident = threading.get_ident()
+        self.lane = open_lane(self.sock)
         fd = self.sock.getsockopt(zmq.FD)
         next_tick = time.monotonic()
         try:
@@ -173,6 +211,8 @@ class Service:
             with self._close_lock:
                 self._closed = True
             self._flush_outbox()
+            self.routes.clear()
+            self.lane = None  # before the socket it points to closes
             self.sock.close(linger=1000)
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -205,6 +245,16 @@ class Service:
 
     def _drain_socket(self, budget: int = 64) -> bool:
         """Handle up to ``budget`` messages; True if more may be waiting."""
+        if self.lane is not None:
+            t0 = time.perf_counter_ns()
+            try:
+                return bool(self.lane.drain(budget, self._timers, self.routes, self.max_message_bytes,
+                                            MAX_HEADER_BYTES, self._dispatch))
+            except Exception:  # noqa: BLE001 - whatever one message does, the service lives on
+                log.exception("%s: unexpected error handling a message", self.name)
+                return True
+            finally:
+                self.stats.busy_ns += time.perf_counter_ns() - t0
         sock = self.sock
         for _ in range(budget):
             try:
@@ -213,7 +263,7 @@ class Service:
                 return False
             t0 = time.perf_counter_ns()
             try:
-                self._dispatch(frames)
+                self._dispatch(frames, time.monotonic_ns())
             except Exception:  # noqa: BLE001 - whatever one message does, the service lives on
                 log.exception("%s: unexpected error handling a message", self.name)
             self.stats.busy_ns += time.perf_counter_ns() - t0
@@ -221,8 +271,7 @@ class Service:
                 return True
         return True
 
-    def _dispatch(self, frames: list[zmq.Frame]) -> None:
-        received = time.monotonic_ns()
+    def _dispatch(self, frames: list[Any], received: int) -> None:
         self.stats.received += 1
         peer = frames[0].bytes
         body = frames[1:]
@@ -244,7 +293,7 @@ class Service:
                 f"the {self.service} does not handle {msg.kind.name} messages")))
             return
         try:
-            out = handler(Request(peer, msg, received))
+            out = handler(Request(peer, msg, received, body))
         except NpusimError as e:
             self.stats.handler_errors += 1
             out = error_message(msg.id, e)

@@ -110,7 +110,7 @@ def test_reply_after_serve_forever_returned_is_dropped(ipc_dir: Path) -> None:
 
         def late() -> None:  # a compile / onnxruntime load finishing after the service stopped
             try:
-                svc.reply(Request(b"peer", Message(Kind.HEALTH, 7), 0), Message(Kind.HEALTH_OK, 7))
+                svc.reply(Request(b"peer", Message(Kind.HEALTH, 7), 0, []), Message(Kind.HEALTH_OK, 7))
                 svc.call_soon_threadsafe(lambda: ran.append(True))
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
