@@ -13,6 +13,9 @@
    for information, next to that of a zero-time program on the other PE: the difference is
    what the emulated time adds (its 100 µs plus how late the loop's timer wakes up).
 
+The daemon reads and answers through the serving loop's compiled lane where it can (it says which);
+``NPUSIM_LANE=0`` in the environment runs it through pyzmq alone, for comparison.
+
 With ``--profile`` the capacity phase is run once more against a daemon in a spawned process
 whose serving loop (not its start-up) runs under cProfile, and where its time goes is printed.
 
@@ -43,6 +46,7 @@ from services import launch  # noqa: E402
 from services.program import NpuStage, NpuStep, Program, TensorSpec  # noqa: E402
 from services.protocol import Kind, Message, decode, encode  # noqa: E402
 from services.rpc import Peer  # noqa: E402
+from services.sockets import recv_frames, send_frames  # noqa: E402
 from services.zoo import identity  # noqa: E402
 
 GOAL_JOBS_PER_S = 20_000
@@ -89,7 +93,7 @@ def drive(ctx: zmq.Context, endpoint: str, frames: list[Any], total: int, *, soc
         t0 = time.perf_counter()
         for s in socks:
             for _ in range(min(window, total - sent)):
-                s.send_multipart(frames, copy=False)
+                send_frames(s, frames)
                 sent += 1
         while received < total:
             events = poller.poll(10_000)
@@ -98,7 +102,7 @@ def drive(ctx: zmq.Context, endpoint: str, frames: list[Any], total: int, *, soc
             for s, _ in events:
                 while True:
                     try:
-                        reply = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                        reply = recv_frames(s, zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     received += 1
@@ -107,7 +111,7 @@ def drive(ctx: zmq.Context, endpoint: str, frames: list[Any], total: int, *, soc
                         if msg.kind != Kind.RESULT:
                             raise SystemExit(f"the daemon answered {msg.kind.name}: {msg.body}")
                     if sent < total:
-                        s.send_multipart(frames, copy=False)
+                        send_frames(s, frames)
                         sent += 1
         return total / (time.perf_counter() - t0)
     finally:
@@ -149,6 +153,8 @@ def capacity(tmp: str, jobs: int, sockets: int, window: int) -> dict[str, float]
         launch.wait_healthy([daemon])
         ready.wait(30)
         handle = open_session(daemon.endpoint, tiny_program())
+        with Peer(daemon.endpoint, name="daemon", timeout_s=30.0) as peer:
+            lane = bool(peer.request(Kind.HEALTH).body.get("lane"))
         x = np.zeros(SHAPE, np.uint8)
         frames = encode(Message(Kind.RUN, 1, {"handle": handle, "stage": 0}, [("input", x)]))
         drive(ctx, daemon.endpoint, frames, min(jobs, 2000), sockets=sockets, window=window, check=True)  # warm-up
@@ -162,7 +168,8 @@ def capacity(tmp: str, jobs: int, sockets: int, window: int) -> dict[str, float]
         rate, raw = max(rates), max(raws)
         return {**cpu, "jobs_per_s": rate, "raw_zmq_msgs_per_s": raw, "ratio_to_goal": rate / GOAL_JOBS_PER_S,
                 "ratio_to_raw": rate / raw, "us_per_job": 1e6 / rate, "raw_us_per_msg": 1e6 / raw,
-                "daemon_us_above_raw": 1e6 / rate - 1e6 / raw, "jobs": jobs, "sockets": sockets, "window": window}
+                "daemon_us_above_raw": 1e6 / rate - 1e6 / raw, "jobs": jobs, "sockets": sockets, "window": window,
+                "lane": lane}
     finally:
         try:
             with ctx.socket(zmq.DEALER) as q:
@@ -293,6 +300,8 @@ def main() -> None:
           f"× goal {GOAL_JOBS_PER_S:,}: {c['ratio_to_goal']:.2f}")
     print(f"  raw echo    {c['raw_zmq_msgs_per_s']:>9,.0f} msgs/s  ({c['raw_us_per_msg']:.1f} µs/msg)   "
           f"daemon / raw: {c['ratio_to_raw']:.2f}  (+{c['daemon_us_above_raw']:.1f} µs per job)")
+    print("  daemon path: " + ("the compiled lane (services/_lane.c)" if c["lane"] else
+                               "pyzmq only (NPUSIM_LANE=0, or services/_lane.c not built or not usable here)"))
     if "daemon_loop_cpu_us_per_job" in c:
         print(f"  daemon CPU  {c['daemon_loop_cpu_us_per_job']:.1f} µs/job on its loop thread, "
               f"{c.get('daemon_zmq_io_cpu_us_per_job', 0.0):.1f} µs/job on zmq's I/O thread")

@@ -18,12 +18,11 @@ from typing import Any
 
 import zmq
 
+from services.config import ENV_LANE
+
 __all__ = ["ENV_LANE", "Lane", "Outputs", "available", "open_lane"]
 
 log = logging.getLogger("npusim.lane")
-
-ENV_LANE = "NPUSIM_LANE"
-"""Set to 0 to serve through pyzmq only (to compare, or to rule the compiled path out)."""
 
 _lane: Any
 try:

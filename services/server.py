@@ -329,6 +329,7 @@ class Service:
             "endpoint": self.endpoint,
             "uptime_s": time.time() - self.started,
             "max_message_bytes": self.max_message_bytes,
+            "lane": self.lane is not None,  # served through services/_lane.c, not pyzmq alone
         }
         body.update(self.info())
         return req.msg.reply(Kind.HEALTH_OK, body)
