@@ -60,6 +60,9 @@ __all__ = ["DaemonService", "DaemonOptions"]
 log = logging.getLogger("npusim.daemon")
 
 TARGET_PE = {"warboy": ("pe0", "pe1"), "warboy-2pe": ("pe0-1",)}
+ROUTES_PER_SESSION = 16
+"""Distinct RUN headers routed per session: one per stage is the usual case; a client varying its
+bodies would otherwise fill the loop's table (services.server.MAX_ROUTES) for every session."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class OpenSession:
     jobs: int = 0
     host_bound: int = 0
     routes: list[bytes] = field(default_factory=list)  # the loop's route keys of this session's RUNs
+    replies: dict[int, tuple[bytes, bytes, Outputs]] = field(default_factory=dict)  # RESULT parts by stage
 
 
 @dataclass(slots=True)
@@ -301,31 +305,38 @@ class DaemonService(Service):
 
     def _add_route(self, req: Request, s: OpenSession, stage: int) -> None:
         """Route this RUN's header, once its request has passed every check of the full path."""
-        key = route_key(req.frames[0]) if self.lane is not None else None
+        if not self.can_route() or len(s.routes) >= ROUTES_PER_SESSION:
+            return
+        key = route_key(req.frames[0])
         if key is None or key in self.routes:
             return
-        assert s.executor is not None
-        head, tail, frames = reply_parts(Kind.RESULT, list(zip(s.outputs[stage], s.executor.stages[stage].zeros)))
-        route = _Route(s, stage, s.costs[stage], head, tail, Outputs(frames))
+        if stage not in s.replies:  # made once per stage, shared by the stage's routes
+            assert s.executor is not None
+            head, tail, frames = reply_parts(Kind.RESULT, list(zip(s.outputs[stage], s.executor.stages[stage].zeros)))
+            s.replies[stage] = head, tail, Outputs(frames)
+        route = _Route(s, stage, s.costs[stage], *s.replies[stage])
         sizes = tuple(a.nbytes for _, a in req.msg.tensors)
         if self.add_route(key, lambda rid, peer, received: self._routed(route, rid, peer, received), sizes):
             s.routes.append(key)
 
     def _routed(self, route: _Route, rid: int, peer: bytes, received: int) -> None:
-        """A routed RUN: what :meth:`_run` does for a timing-only job, without a Message."""
+        """A routed RUN: what :meth:`_run` does for a timing-only job, without a Message; like any
+        handler's, its errors are answered."""
         stats, s = self.stats, route.session
         stats.received += 1
         stats.by_kind["RUN"] = stats.by_kind.get("RUN", 0) + 1
         try:
             self._admit(s)
-        except QueueFull as e:
+            s.last_seen = received / 1e9
+            times = self.clock.schedule(s.pe, received, route.cost)
+            s.outstanding += 1
+            s.jobs += 1
+        except Exception as e:  # noqa: BLE001 - report, never die (as Service._dispatch)
             stats.handler_errors += 1
+            if not isinstance(e, NpusimError):
+                log.exception("%s: a routed RUN failed", self.name)
             self._send(peer, error_message(rid, e))
             return
-        s.last_seen = received / 1e9
-        s.outstanding += 1
-        s.jobs += 1
-        times = self.clock.schedule(s.pe, received, route.cost)
         ready = time.monotonic_ns()  # the zero-filled outputs are ready now
         if times.end > ready:
             self.call_at(times.end, lambda: self._routed_reply(route, rid, peer, times, ready))

@@ -4,8 +4,8 @@
  * Why C: in Python, a daemon spends ~80 µs of its loop thread per RUN on a loaded 2-core host
  * (pyzmq's per-frame objects, the msgpack header, dispatch, the reply's encoding), four times
  * what the socket itself costs, and the daemon must sustain 20,000 jobs/s. This module calls
- * libzmq directly: the very library pyzmq loaded (services/lane.py finds it and checks its
- * version), on the socket pyzmq created, from the loop thread that owns that socket.
+ * libzmq directly: the very library pyzmq loaded (found through pyzmq's backend, see py_bind and
+ * services/lane.py), on the socket pyzmq created, from the loop thread that owns that socket.
  *
  * - Lane.drain() receives whole messages. A request whose header is byte for byte one that the
  *   service has already decoded, validated and registered as a *route* (the request id aside,
@@ -49,12 +49,14 @@ static struct {
 } Z;
 static int z_bound = 0;
 
+/* bind(path): path is pyzmq's compiled backend; dlsym on its handle searches it and the libraries
+ * it links, breadth first, so each function found is the libzmq pyzmq's sockets live in. */
 static PyObject *py_bind(PyObject *mod, PyObject *arg) {
     const char *path = PyUnicode_AsUTF8(arg);
     if (path == NULL) return NULL;
-    /* RTLD_NOLOAD: only ever the library already in this process, never a second copy. */
+    /* RTLD_NOLOAD: only ever what is already in this process, never a second copy. */
     void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
-    if (h == NULL) return PyErr_Format(PyExc_OSError, "libzmq at %s is not loaded: %s", path, dlerror());
+    if (h == NULL) return PyErr_Format(PyExc_OSError, "%s is not loaded: %s", path, dlerror());
 #define SYM(field, name)                                                                          \
     if ((*(void **)&Z.field = dlsym(h, name)) == NULL)                                            \
         return PyErr_Format(PyExc_OSError, "%s has no %s", path, name);
@@ -146,9 +148,13 @@ static int pack_len(Buf *b, size_t n, unsigned char fix, size_t fixmax, unsigned
     return -1;
 }
 
-static int pack(Buf *b, PyObject *o, int depth) {
-    if (depth > 100) {
-        PyErr_SetString(PyExc_ValueError, "nested too deeply to pack");
+#define PACK_LIMIT 1024  /* msgpack-python's recursion limit, counted the same way */
+
+static int pack_items(Buf *b, PyObject *seq, int limit, int pairs);
+
+static int pack(Buf *b, PyObject *o, int limit) {
+    if (limit < 0) {
+        PyErr_SetString(PyExc_ValueError, "recursion limit exceeded.");
         return -1;
     }
     if (o == Py_None) return buf_tag(b, 0xc0, 0, 0);
@@ -182,35 +188,70 @@ static int pack(Buf *b, PyObject *o, int depth) {
         size_t n = (size_t)PyBytes_GET_SIZE(o);
         return pack_len(b, n, 0xc4, 0, 0xc4, 0xc5, 0xc6) < 0 ? -1 : buf_put(b, PyBytes_AS_STRING(o), n);
     }
-    if (PyList_Check(o) || PyTuple_Check(o)) {
-        PyObject *seq = o;
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-        if (pack_len(b, (size_t)n, 0x90, 16, 0, 0xdc, 0xdd) < 0) return -1;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            /* a list may change under a nested call: read its size again */
-            if (i >= PySequence_Fast_GET_SIZE(seq)) {
-                PyErr_SetString(PyExc_RuntimeError, "list changed size while packing");
-                return -1;
-            }
-            if (pack(b, PySequence_Fast_GET_ITEM(seq, i), depth + 1) < 0) return -1;
-        }
-        return 0;
+    if (PyByteArray_Check(o) || PyMemoryView_Check(o)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(o, &view, PyBUF_SIMPLE) < 0) return -1;
+        int rc = pack_len(b, (size_t)view.len, 0xc4, 0, 0xc4, 0xc5, 0xc6) < 0 ? -1 : buf_put(b, view.buf, (size_t)view.len);
+        PyBuffer_Release(&view);
+        return rc;
     }
-    if (PyDict_Check(o)) {
+    if (PyList_CheckExact(o) || PyTuple_CheckExact(o)) return pack_items(b, o, limit, 0);
+    if (PyDict_CheckExact(o)) {
         if (pack_len(b, (size_t)PyDict_GET_SIZE(o), 0x80, 16, 0, 0xde, 0xdf) < 0) return -1;
         Py_ssize_t pos = 0;
         PyObject *k, *v;
-        while (PyDict_Next(o, &pos, &k, &v))
-            if (pack(b, k, depth + 1) < 0 || pack(b, v, depth + 1) < 0) return -1;
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            Py_INCREF(k);  /* a key's or value's own packing may not drop them from under us */
+            Py_INCREF(v);
+            int rc = pack(b, k, limit - 1) < 0 || pack(b, v, limit - 1) < 0 ? -1 : 0;
+            Py_DECREF(k);
+            Py_DECREF(v);
+            if (rc < 0) return -1;
+        }
         return 0;
+    }
+    /* Subclasses as msgpack-python packs them: through their items() or their iterator. */
+    if (PyList_Check(o) || PyTuple_Check(o) || PyDict_Check(o)) {
+        PyObject *seq = PyDict_Check(o) ? PyMapping_Items(o) : PySequence_List(o);
+        if (seq == NULL) return -1;
+        int rc = pack_items(b, seq, limit, PyDict_Check(o));
+        Py_DECREF(seq);
+        return rc;
     }
     PyErr_Format(PyExc_TypeError, "cannot pack %.100s", Py_TYPE(o)->tp_name);
     return -1;
 }
 
+/* An exact list or tuple as an array, or (pairs) a list of (key, value) tuples as a map. */
+static int pack_items(Buf *b, PyObject *seq, int limit, int pairs) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (pairs ? pack_len(b, (size_t)n, 0x80, 16, 0, 0xde, 0xdf) : pack_len(b, (size_t)n, 0x90, 16, 0, 0xdc, 0xdd))
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i >= PySequence_Fast_GET_SIZE(seq)) {  /* a nested packing changed the list */
+            PyErr_SetString(PyExc_RuntimeError, "list changed size while packing");
+            return -1;
+        }
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        Py_INCREF(item);
+        int rc;
+        if (!pairs)
+            rc = pack(b, item, limit - 1);
+        else if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "items() must give (key, value) pairs");
+            rc = -1;
+        } else
+            rc = pack(b, PyTuple_GET_ITEM(item, 0), limit - 1) < 0 || pack(b, PyTuple_GET_ITEM(item, 1), limit - 1) < 0
+                     ? -1 : 0;
+        Py_DECREF(item);
+        if (rc < 0) return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_pack(PyObject *mod, PyObject *o) {
     Buf b = {0};
-    PyObject *out = pack(&b, o, 0) < 0 ? NULL : PyBytes_FromStringAndSize((const char *)b.p, (Py_ssize_t)b.n);
+    PyObject *out = pack(&b, o, PACK_LIMIT) < 0 ? NULL : PyBytes_FromStringAndSize((const char *)b.p, (Py_ssize_t)b.n);
     PyMem_Free(b.p);
     return out;
 }
@@ -359,32 +400,40 @@ static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     return (PyObject *)l;
 }
 
+static PyObject *SocketError;  /* an OSError with the socket's errno (ETERM, ENOTSOCK, ...) */
+
 static PyObject *zmq_error(const char *what) {
     int e = Z.errno_();
-    errno = e;
-    return PyErr_Format(PyExc_OSError, "%s: %s", what, Z.strerror(e));
+    PyObject *msg = PyUnicode_FromFormat("%s: %s", what, Z.strerror(e));
+    PyObject *args = msg ? Py_BuildValue("(iO)", e, msg) : NULL;
+    if (args) PyErr_SetObject(SocketError, args);
+    Py_XDECREF(args);
+    Py_XDECREF(msg);
+    return NULL;
 }
 
 static void close_parts(Lane *l, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) Z.msg_close(&l->parts[i]);
 }
 
-/* Room for one more frame; moves the frames read so far when it grows. */
-static int grow_parts(Lane *l, Py_ssize_t n) {
-    if (n < l->cap) return 0;
-    zmsg *p = PyMem_Calloc((size_t)l->cap * 2, sizeof(zmsg));
+/* Room for `need` frames; moves the first `keep` (the frames read so far) when it grows. */
+static int grow_parts(Lane *l, Py_ssize_t keep, Py_ssize_t need) {
+    if (need <= l->cap) return 0;
+    Py_ssize_t cap = l->cap;
+    while (cap < need) cap *= 2;
+    zmsg *p = PyMem_Calloc((size_t)cap, sizeof(zmsg));
     if (p == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < keep; i++) {
         Z.msg_init(&p[i]);
         Z.msg_move(&p[i], &l->parts[i]);
         Z.msg_close(&l->parts[i]);
     }
     PyMem_Free(l->parts);
     l->parts = p;
-    l->cap *= 2;
+    l->cap = cap;
     return 0;
 }
 
@@ -392,7 +441,7 @@ static int grow_parts(Lane *l, Py_ssize_t n) {
 static Py_ssize_t recv_message(Lane *l) {
     Py_ssize_t n = 0;
     do {
-        if (grow_parts(l, n) < 0) {
+        if (grow_parts(l, n, n + 1) < 0) {
             close_parts(l, n);
             return -1;
         }
@@ -442,8 +491,9 @@ static PyObject *find_route(Lane *l, Py_ssize_t n, PyObject *routes, long long m
     if (!PyTuple_Check(sizes) || PyTuple_GET_SIZE(sizes) != n - 2) return NULL;
     long long total = (long long)hn;
     for (Py_ssize_t i = 0; i < n - 2; i++) {
+        PyObject *want = PyTuple_GET_ITEM(sizes, i);
         size_t got = Z.msg_size(&l->parts[i + 2]);
-        if (PyLong_AsSsize_t(PyTuple_GET_ITEM(sizes, i)) != (Py_ssize_t)got) {
+        if (!PyLong_CheckExact(want) || PyLong_AsSsize_t(want) != (Py_ssize_t)got) {
             PyErr_Clear();
             return NULL;
         }
@@ -451,7 +501,7 @@ static PyObject *find_route(Lane *l, Py_ssize_t n, PyObject *routes, long long m
     }
     if (total > max_total) return NULL;
     *rid = v;
-    return PyTuple_GET_ITEM(route, 0);
+    return PyTuple_GET_ITEM(route, 0);  /* borrowed: the caller takes a reference before any call */
 }
 
 /* Whether the earliest of the loop's timers (a heap of (when_ns, seq, fn)) is due. */
@@ -524,17 +574,10 @@ static PyObject *lane_drain(Lane *l, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
-static int send_part(Lane *l, zmsg *m, int more) {
-    if (Z.msg_send(m, l->sock, ZMQ_DONTWAIT | (more ? ZMQ_SNDMORE : 0)) >= 0) return 1;
-    Z.msg_close(m);
+static int init_bytes(zmsg *m, const void *p, size_t n) {
+    if (Z.msg_init_size(m, n) != 0) return -1;
+    if (n) memcpy(Z.msg_data(m), p, n);
     return 0;
-}
-
-static int send_bytes(Lane *l, const void *p, size_t n, int more) {
-    zmsg m;
-    if (Z.msg_init_size(&m, n) != 0) return 0;
-    if (n) memcpy(Z.msg_data(&m), p, n);
-    return send_part(l, &m, more);
 }
 
 static PyObject *lane_send(Lane *l, PyObject *const *args, Py_ssize_t nargs) {
@@ -554,19 +597,32 @@ static PyObject *lane_send(Lane *l, PyObject *const *args, Py_ssize_t nargs) {
     Buf *b = &l->header;
     b->n = 0;
     if (buf_put(b, PyBytes_AS_STRING(head), (size_t)PyBytes_GET_SIZE(head)) < 0 || pack_uint(b, rid) < 0 ||
-        buf_put(b, PyBytes_AS_STRING(tail), (size_t)PyBytes_GET_SIZE(tail)) < 0 || pack(b, args[4], 0) < 0)
+        buf_put(b, PyBytes_AS_STRING(tail), (size_t)PyBytes_GET_SIZE(tail)) < 0 || pack(b, args[4], PACK_LIMIT) < 0)
         return NULL;
     Outputs *o = outputs == Py_None ? NULL : (Outputs *)outputs;
-    Py_ssize_t n = o ? o->n : 0;
-    /* A ROUTER refuses a message at its first frame (the peer is gone, or its queue is full):
-     * then nothing of it was sent, and the caller counts it undeliverable. */
-    if (!send_bytes(l, PyBytes_AS_STRING(peer), (size_t)PyBytes_GET_SIZE(peer), 1) ||
-        !send_bytes(l, b->p, b->n, n > 0))
-        Py_RETURN_FALSE;
+    Py_ssize_t n = 2 + (o ? o->n : 0), ready = 0;
+    /* Every frame is made before the first is sent, so a failure cannot leave a message half sent. */
+    if (grow_parts(l, 0, n) < 0) return NULL;
+    int ok = init_bytes(&l->parts[0], PyBytes_AS_STRING(peer), (size_t)PyBytes_GET_SIZE(peer)) == 0;
+    ready += ok;
+    ok = ok && init_bytes(&l->parts[1], b->p, b->n) == 0;
+    ready += ok;
+    for (Py_ssize_t i = 2; ok && i < n; i++) {
+        Z.msg_init(&l->parts[i]);
+        ready++;
+        ok = Z.msg_copy(&l->parts[i], &o->msgs[i - 2]) == 0;
+    }
+    if (!ok) {
+        close_parts(l, ready);
+        return PyErr_NoMemory();
+    }
+    /* A ROUTER refuses a message at its first frame (the peer is gone, or its queue is full): then
+     * nothing of it was sent, and the caller counts it undeliverable. */
     for (Py_ssize_t i = 0; i < n; i++) {
-        zmsg m;
-        Z.msg_init(&m);
-        if (Z.msg_copy(&m, &o->msgs[i]) != 0 || !send_part(l, &m, i + 1 < n)) Py_RETURN_FALSE;
+        if (Z.msg_send(&l->parts[i], l->sock, ZMQ_DONTWAIT | (i + 1 < n ? ZMQ_SNDMORE : 0)) < 0) {
+            close_parts(l, n);  /* libzmq empties each frame it has sent: closing those is harmless */
+            Py_RETURN_FALSE;
+        }
     }
     Py_RETURN_TRUE;
 }
@@ -595,7 +651,7 @@ static PyTypeObject LaneType = {
 };
 
 static PyMethodDef methods[] = {
-    {"bind", py_bind, METH_O, "bind(path): resolve libzmq from the loaded library at path; its version"},
+    {"bind", py_bind, METH_O, "bind(path): resolve libzmq through the loaded library at path (pyzmq's backend); its version"},
     {"pack", py_pack, METH_O, "pack(obj) -> bytes: msgpack, as packb(obj, use_bin_type=True) writes it"},
     {NULL},
 };
@@ -607,7 +663,10 @@ PyMODINIT_FUNC PyInit__lane(void) {
     if (PyType_Ready(&FrameType) < 0 || PyType_Ready(&OutputsType) < 0 || PyType_Ready(&LaneType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "Frame", (PyObject *)&FrameType) < 0 ||
+    SocketError = PyErr_NewExceptionWithDoc("services._lane.SocketError",
+                                            "libzmq refused to receive on the socket (errno: why).", PyExc_OSError, NULL);
+    if (SocketError == NULL || PyModule_AddObjectRef(m, "SocketError", SocketError) < 0 ||
+        PyModule_AddObjectRef(m, "Frame", (PyObject *)&FrameType) < 0 ||
         PyModule_AddObjectRef(m, "Outputs", (PyObject *)&OutputsType) < 0 ||
         PyModule_AddObjectRef(m, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(m);

@@ -1,11 +1,11 @@
 """The serving loop's compiled path (``services/_lane.c``), and where it cannot be used.
 
 A service's loop reads and answers its socket through a :class:`~services._lane.Lane` when it
-can: the extension calls the libzmq that pyzmq loaded, on pyzmq's own socket, so it needs to
-find that library in this process (Linux: ``/proc/self/maps``) and to see the same version
-pyzmq reports. Where the extension is not built (no C compiler at install), the library cannot
-be found (a pyzmq that links libzmq statically), or ``NPUSIM_LANE=0`` is set, :func:`open_lane`
-returns None and the loop reads and writes with pyzmq: slower, with the same results.
+can: the extension calls the libzmq that pyzmq loaded, on pyzmq's own socket, so it must find
+that library's functions through pyzmq's compiled backend and see the version pyzmq reports.
+Where the extension is not built (no C compiler at install), pyzmq runs another backend or hides
+libzmq's symbols, or ``NPUSIM_LANE=0`` is set, :func:`open_lane` returns None and the loop
+reads and writes with pyzmq: slower, with the same results.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import zmq
 
 from services.config import ENV_LANE
 
-__all__ = ["ENV_LANE", "Lane", "Outputs", "available", "open_lane"]
+__all__ = ["ENV_LANE", "Lane", "Outputs", "SocketError", "available", "open_lane"]
 
 log = logging.getLogger("npusim.lane")
 
@@ -34,34 +33,32 @@ Lane = Any if _lane is None else _lane.Lane
 Outputs = Any if _lane is None else _lane.Outputs
 
 
-def _libzmq_paths() -> set[str]:
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return set()
-    paths = set()
-    for line in maps.splitlines():
-        fields = line.split(None, 5)
-        if len(fields) == 6 and Path(fields[5]).name.startswith("libzmq"):
-            paths.add(fields[5])
-    return paths
+class _NoSocketError(OSError):
+    """Never raised: what ``except SocketError`` catches where the extension is not built."""
+
+
+SocketError: type[OSError] = _NoSocketError if _lane is None else _lane.SocketError
 
 
 @lru_cache(maxsize=1)
 def _bind() -> str | None:
-    """Resolve libzmq for the extension once; None when it can be used, else why not."""
+    """Resolve libzmq for the extension once; None when it can be used, else why not.
+
+    The functions are looked up through pyzmq's own compiled backend (dlsym searches a library
+    and everything it links), so they are the very libzmq its sockets belong to, whether pyzmq
+    links a bundled copy, the system's, or carries libzmq inside itself."""
     if _lane is None:
         return "the extension services._lane is not built"
-    paths = _libzmq_paths()
-    if len(paths) != 1:
-        return f"{len(paths)} libzmq libraries are loaded; the lane needs exactly pyzmq's one"
-    path = paths.pop()
     try:
-        version = _lane.bind(path)
+        from zmq.backend.cython import _zmq as backend
+    except ImportError:
+        return "pyzmq does not use its Cython backend here"
+    try:
+        version = _lane.bind(backend.__file__)
     except OSError as e:
         return str(e)
     if tuple(version) != zmq.zmq_version_info():
-        return f"{path} is libzmq {version}, pyzmq uses {zmq.zmq_version()}"
+        return f"the lane found libzmq {version}, pyzmq reports {zmq.zmq_version()}"
     return None
 
 

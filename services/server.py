@@ -30,7 +30,7 @@ import zmq
 
 from services import __version__
 from services.errors import NpusimError, ProtocolError, ServiceError
-from services.lane import Outputs, open_lane
+from services.lane import Outputs, SocketError, open_lane
 from services.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_HEADER_BYTES,
@@ -156,11 +156,15 @@ class Service:
         """Run ``fn`` on the loop thread at ``time.monotonic_ns() >= when_ns``."""
         heapq.heappush(self._timers, (when_ns, next(self._seq), fn))
 
+    def can_route(self) -> bool:
+        """Whether :meth:`add_route` would take another route (a lane serves, the table has room)."""
+        return self.lane is not None and len(self.routes) < MAX_ROUTES
+
     def add_route(self, key: bytes, fn: RouteFn, sizes: tuple[int, ...]) -> bool:
         """Send requests whose header is ``key`` (see :func:`services.protocol.route_key`) with
         tensor frames of ``sizes`` bytes to ``fn``, undecoded. Only with a lane, and at most
         MAX_ROUTES; False when not added (the requests then keep taking the handler's path)."""
-        if self.lane is None or len(self.routes) >= MAX_ROUTES:
+        if not self.can_route():
             return False
         self.routes[key] = (fn, sizes)
         return True
@@ -176,10 +180,10 @@ class Service:
 
     def serve_forever(self) -> None:
         self._loop_ident = threading.get_ident()
-        self.lane = open_lane(self.sock)
         fd = self.sock.getsockopt(zmq.FD)
         next_tick = time.monotonic()
         try:
+            self.lane = open_lane(self.sock)
             while not self._stopping.is_set():
                 busy = self._drain_socket()
                 while self._calls:
@@ -250,6 +254,8 @@ class Service:
             try:
                 return bool(self.lane.drain(budget, self._timers, self.routes, self.max_message_bytes,
                                             MAX_HEADER_BYTES, self._dispatch))
+            except SocketError:
+                raise  # the socket itself failed (its context terminated): as pyzmq's ZMQError, it ends the loop
             except Exception:  # noqa: BLE001 - whatever one message does, the service lives on
                 log.exception("%s: unexpected error handling a message", self.name)
                 return True

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from npu_daemon.server import DaemonOptions, DaemonService
+from npu_daemon.server import ROUTES_PER_SESSION, DaemonOptions, DaemonService
 from services import lane
 from services.errors import QueueFull, SessionClosed
 from services.program import NpuStage, NpuStep, Program, TensorSpec
@@ -135,6 +135,29 @@ def test_routed_runs_keep_the_queue_limit(daemon: Daemon) -> None:
     kinds = [replies[i].kind for i in range(2, 12)]
     assert kinds == [Kind.RESULT] * 4 + [Kind.ERROR] * 6
     assert all(replies[i].body["code"] == QueueFull.code for i in range(6, 12))
+
+
+def test_routes_per_session_are_bounded_and_share_their_outputs(daemon: Daemon) -> None:
+    h = daemon.open()
+    # unknown body fields are allowed, so each of these is a header of its own
+    replies = daemon.burst([Message(Kind.RUN, i, {"handle": h, "stage": 0, f"x{i}": 0}, [("input", X)])
+                            for i in range(1, 41)])
+    assert {r.kind for r in replies.values()} == {Kind.RESULT}
+    session = daemon.svc.sessions[h]
+    assert len(daemon.svc.routes) == len(session.routes) == ROUTES_PER_SESSION
+    assert len(session.replies) == 1  # one set of prepared outputs for the stage
+
+
+def test_a_routed_run_that_fails_is_answered(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = daemon.open()
+    daemon.burst([run(h, 1)])
+    before = daemon.svc.stats.handler_errors
+    monkeypatch.setattr(daemon.svc.clock, "schedule", lambda *a: 1 / 0)
+    replies = daemon.burst([run(h, 2), run(h, 3)])
+    assert [replies[i].kind for i in (2, 3)] == [Kind.ERROR, Kind.ERROR]
+    assert "ZeroDivisionError" in replies[2].body["message"]
+    assert daemon.svc.stats.handler_errors - before == 2
+    assert daemon.svc.sessions[h].outstanding == 0
 
 
 def test_a_closed_sessions_runs_are_refused_not_routed(daemon: Daemon) -> None:

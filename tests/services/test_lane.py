@@ -8,7 +8,11 @@ Python path intact, as frames ``decode`` reads like pyzmq's.
 
 from __future__ import annotations
 
+import collections
 import gc
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from services import lane, protocol
 from services.errors import ProtocolError
 from services.protocol import MAX_HEADER_BYTES, VERSION, Kind, Message, decode, encode, reply_parts, route_key
 from tests.fuzzing import mutate
-from tests.helpers import short_dir
+from tests.helpers import short_dir, wait_until
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(lane._lane is None, reason="services._lane is not built (no C compiler)")]
@@ -155,8 +159,32 @@ def test_pack_refuses_what_it_cannot_write(value: Any, error: type[Exception]) -
 def test_pack_refuses_a_cycle() -> None:
     a: list[Any] = []
     a.append(a)
-    with pytest.raises(ValueError, match="deeply"):
+    with pytest.raises(ValueError, match="recursion limit"):
         lane._lane.pack(a)
+
+
+def _nested(levels: int) -> list[Any]:
+    a: list[Any] = []
+    for _ in range(levels):
+        a = [a]
+    return a
+
+
+class _Reversed(list):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        return iter(list(list.__iter__(self))[::-1])
+
+
+def test_pack_handles_what_msgpack_handles_as_msgpack_does() -> None:
+    moved = collections.OrderedDict(a=1, b=2)
+    moved.move_to_end("a")  # items() order differs from the dict's storage order
+    for value in (moved, _Reversed([1, 2, 3]), bytearray(b"ab"), memoryview(b"xyz"), _nested(1024)):
+        assert lane._lane.pack(value) == msgpack.packb(value, use_bin_type=True)
+    for value in (_nested(1025),):
+        with pytest.raises(ValueError):
+            msgpack.packb(value)
+        with pytest.raises(ValueError, match="recursion limit"):
+            lane._lane.pack(value)
 
 
 # -- finding the library -----------------------------------------------------------------------------
@@ -172,6 +200,33 @@ def test_lane_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
         assert lane.open_lane(s) is None
 
 
+def test_a_failed_socket_ends_the_loop_instead_of_spinning(caplog: pytest.LogCaptureFixture) -> None:
+    """A context terminated under a running service: libzmq's ETERM ends the loop, as pyzmq's
+    ZMQError does, instead of being logged and retried forever."""
+    from services.server import Service
+
+    with short_dir() as d:
+        svc = Service("svc", f"ipc://{d}/svc.sock")
+        ended: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                svc.serve_forever()
+            except BaseException as e:  # noqa: BLE001 - the test looks at it
+                ended.append(e)
+
+        t = threading.Thread(target=serve, daemon=True)
+        with caplog.at_level(logging.ERROR):
+            t.start()
+            assert wait_until(lambda: svc.lane is not None, 5)
+            threading.Thread(target=svc.ctx.term, daemon=True).start()
+            t.join(10)
+        assert not t.is_alive()
+        (e,) = ended
+        assert isinstance(e, lane.SocketError) and e.errno == zmq.ETERM
+        assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
+
+
 def test_a_lane_needs_a_socket() -> None:
     with pytest.raises(ValueError, match="open socket"):
         lane._lane.Lane(0)
@@ -185,7 +240,7 @@ def test_a_repeated_header_is_routed_for_every_id_width(pair: Pair, rid: int) ->
     assert not pair.other
     (got, peer, received), = pair.routed
     assert (got, peer) == (rid, b"client-1")
-    assert abs(received - __import__("time").monotonic_ns()) < 5e9  # the loop's clock
+    assert abs(received - time.monotonic_ns()) < 5e9  # the loop's clock
 
 
 @pytest.mark.parametrize("frames, why", [
@@ -234,7 +289,7 @@ def test_drain_keeps_to_its_budget_and_to_due_timers(pair: Pair) -> None:
     for i in range(5):
         pair.dealer.send_multipart(_run(i))
     assert pair.router.poll(5000)
-    __import__("time").sleep(0.2)  # all five arrive
+    time.sleep(0.2)  # all five arrive
     assert pair.drain(budget=2) is True and len(pair.other) == 2
     assert pair.drain(timers=[(0, 0, None)]) is True and len(pair.other) == 3  # a due timer: one message, back to the loop
     assert pair.drain(timers=[(2**62, 0, None)]) is False and len(pair.other) == 5
@@ -246,7 +301,7 @@ def test_an_error_in_a_route_reaches_the_loop_and_loses_no_other_message(pair: P
     pair.routes[key] = (lambda *a: 1 / 0, pair.routes[key][1])
     for i in range(3):
         pair.dealer.send_multipart(_run(i))
-    __import__("time").sleep(0.2)
+    time.sleep(0.2)
     with pytest.raises(ZeroDivisionError):
         pair.drain()
     del pair.routes[key]  # a route that drops itself (a session released mid-drain) is safe too
