@@ -5,11 +5,12 @@ microsecond resolution (``zmq_poll`` rounds to milliseconds, too coarse for an e
 NPU job of a few hundred microseconds). It reads the socket through the compiled lane
 (services/lane.py) where it can: a request that repeats a header a handler registered as a
 *route* goes straight to the route's callable, undecoded, and its reply can be sent without
-building a Message; every other message takes the decode → handler → encode path. Handlers run on the loop thread; slow work (a
-compile, an onnxruntime run) goes to a thread that hands its reply back through
-:meth:`Service.reply`, which is thread-safe. A message that fails to decode is answered
-with a ProtocolError and counted; a handler that raises is answered with its error. The
-loop itself never dies of a bad message.
+building a Message; every other message takes the decode → handler → encode path.
+
+Handlers run on the loop thread; slow work (a compile, an onnxruntime run) goes to a thread
+that hands its reply back through :meth:`Service.reply`, which is thread-safe. A message that
+fails to decode is answered with a ProtocolError and counted; a handler that raises is
+answered with its error. The loop itself never dies of a bad message.
 """
 
 from __future__ import annotations
