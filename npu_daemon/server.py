@@ -102,7 +102,6 @@ class _Route:
 
     session: OpenSession
     stage: int
-    cost: StageTiming
     head: bytes  # the RESULT's header around its id and body (protocol.reply_parts)
     tail: bytes
     outputs: Outputs  # the zero-filled outputs, prepared once
@@ -314,7 +313,7 @@ class DaemonService(Service):
             assert s.executor is not None
             head, tail, frames = reply_parts(Kind.RESULT, list(zip(s.outputs[stage], s.executor.stages[stage].zeros)))
             s.replies[stage] = head, tail, Outputs(frames)
-        route = _Route(s, stage, s.costs[stage], *s.replies[stage])
+        route = _Route(s, stage, *s.replies[stage])
         sizes = tuple(a.nbytes for _, a in req.msg.tensors)
         if self.add_route(key, lambda rid, peer, received: self._routed(route, rid, peer, received), sizes):
             s.routes.append(key)
@@ -328,7 +327,7 @@ class DaemonService(Service):
         try:
             self._admit(s)
             s.last_seen = received / 1e9
-            times = self.clock.schedule(s.pe, received, route.cost)
+            times = self.clock.schedule(s.pe, received, s.costs[route.stage])
             s.outstanding += 1
             s.jobs += 1
         except Exception as e:  # noqa: BLE001 - report, never die (as Service._dispatch)

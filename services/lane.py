@@ -19,7 +19,7 @@ import zmq
 
 from services.config import ENV_LANE
 
-__all__ = ["ENV_LANE", "Lane", "Outputs", "SocketError", "available", "open_lane"]
+__all__ = ["ENV_LANE", "Outputs", "SocketError", "available", "open_lane"]
 
 log = logging.getLogger("npusim.lane")
 
@@ -29,7 +29,6 @@ try:
 except ImportError:  # not compiled here: pyzmq serves
     _lane = None
 
-Lane = Any if _lane is None else _lane.Lane
 Outputs = Any if _lane is None else _lane.Outputs
 
 

@@ -272,7 +272,7 @@ def route_key(header: Any) -> bytes | None:
         h = msgpack.unpackb(buf, raw=False, strict_map_key=True)
     except Exception:  # noqa: BLE001 - not a header decode() accepts: no route
         return None
-    if not (isinstance(h, dict) and len(h) == 6 and h.keys() == _KEYS and h["tp"] is None):
+    if not (isinstance(h, dict) and _canonical(h) and h["tp"] is None):
         return None
     return key[1]
 
@@ -298,6 +298,12 @@ def _view(spec: _Spec3, buf: memoryview) -> tuple[str, np.ndarray]:
 
 
 _KEYS = frozenset(("v", "k", "id", "tp", "t", "b"))
+
+
+def _canonical(h: dict[Any, Any]) -> bool:
+    """Whether a decoded header map had exactly the six keys, each once (a duplicate key would
+    have collapsed into one, leaving fewer)."""
+    return len(h) == 6 and h.keys() == _KEYS
 
 
 def _decode(bufs: list[memoryview]) -> tuple[Message, bool]:
@@ -333,7 +339,7 @@ def _decode(bufs: list[memoryview]) -> tuple[Message, bool]:
         raise ProtocolError(f"{kind.name} header describes {len(descs)} tensors but {len(bufs) - 1} "
                             "tensor frames followed")
     tensors = [_tensor(i, d, b) for i, (d, b) in enumerate(zip(descs, bufs[1:]))]
-    return Message(kind, rid, body, tensors, tp), len(h) == 6 and h.keys() == _KEYS
+    return Message(kind, rid, body, tensors, tp), _canonical(h)
 
 
 def _check_body(kind: Kind, body: dict[str, Any]) -> None:

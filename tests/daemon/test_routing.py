@@ -94,10 +94,13 @@ def run(handle: str, rid: int, tp: str | None = None) -> Message:
     return Message(Kind.RUN, rid, {"handle": handle, "stage": 0}, [("input", X)], tp)
 
 
-def test_a_repeated_run_is_routed_and_answered_like_the_first(daemon: Daemon) -> None:
+def test_a_repeated_run_is_routed_and_answered_like_the_first(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
     h = daemon.open()
     first = daemon.burst([run(h, 1)])[1]
     assert len(daemon.svc.routes) == 1
+    routed: list[int] = []
+    handle = daemon.svc._routed
+    monkeypatch.setattr(daemon.svc, "_routed", lambda route, rid, *a: (routed.append(rid), handle(route, rid, *a)))
     stats0 = daemon.peer.request(Kind.STATS).body["stats"]
     replies = daemon.burst([run(h, i) for i in range(2, 202)])
     for r in [first, *replies.values()]:
@@ -106,6 +109,7 @@ def test_a_repeated_run_is_routed_and_answered_like_the_first(daemon: Daemon) ->
         assert not r.tensors[0][1].any()
         assert r.body["timing"].keys() == first.body["timing"].keys()
         assert r.body["timing"]["zero_filled"] is True and r.body["timing"]["stage"] == 0
+    assert sorted(routed) == list(range(2, 202))  # not one of them took the full path
     stats1 = daemon.peer.request(Kind.STATS).body["stats"]
     assert stats1["received"] - stats0["received"] == 201  # the 200 RUNs and the STATS itself
     assert stats1["replied"] - stats0["replied"] == 201
