@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from compiler_svc.cache import ProgramCache
+from services.cost.memory import sram_summary
 from compiler_svc.pipeline import CompileOptions, Stages, cache_key, compile_model, program_info
 from services.errors import InvalidCompilerConfig, InvalidInput, InvalidModel
 from services.hw import WARBOY
@@ -155,7 +156,7 @@ def _summary(program: Program, info: dict[str, Any], out: Path, size: int) -> No
     t.add_row("NPU stages", str(len(program.stages)))
     t.add_row("estimated NPU time", f"{est['npu_ns'] / 1e3:.1f} µs + {est['job_overhead_ns'] / 1e3:.1f} µs job "
               f"overhead ({est['macs'] / 1e9:.2f} GMAC)")
-    t.add_row("fits SRAM", "yes" if est["fits_sram"] else "no: weights or activations stream from DRAM")
+    t.add_row("fits SRAM", "yes" if est["fits_sram"] else "no: some activations stream through DRAM")
     t.add_row("written", f"{out} ({size / 1e6:.2f} MB)")
     console.print(t)
     for w in info.get("warnings", []):
@@ -206,19 +207,16 @@ def explain(*, program_path: Path, json_out: bool) -> None:
     out.print(tensors)
     for k, stage in enumerate(program.stages):
         ops = Table(title=f"NPU stage {k}: estimated cycles per operator")
-        for col in ("operator", "type", "MACs", "cycles", "µs", "bound by"):
-            ops.add_column(col, justify="right" if col in ("MACs", "cycles", "µs") else "left")
+        for col in ("operator", "type", "MACs", "cycles", "µs", "bound by", "note"):
+            ops.add_column(col, justify="right" if col in ("MACs", "cycles", "µs") else "left", overflow="fold")
         clock = WARBOY.clock_hz
         for o in stage.ops:
             ops.add_row(o["name"], o["op_type"], f"{o.get('macs', 0):,}", f"{o['cycles']:,.0f}",
-                        f"{o['cycles'] / clock * 1e6:.2f}", o.get("bound", ""))
+                        f"{o['cycles'] / clock * 1e6:.2f}", o.get("bound", ""), o.get("note", ""))
         e = stage.estimate
         ops.add_row("total", "", f"{e.get('macs', 0):,}", f"{e.get('npu_cycles', 0):,.0f}",
-                    f"{e.get('npu_ns', 0) / 1e3:.2f}", "")
+                    f"{e.get('npu_ns', 0) / 1e3:.2f}", "", "")
         out.print(ops)
-        out.print(f"  SRAM: weights {e.get('weight_bytes', 0) / 2**20:.2f} MiB "
-                  f"({'resident' if e.get('weights_resident') else 'streamed from DRAM'}), largest activation "
-                  f"working set {e.get('peak_activation_bytes', 0) / 2**20:.2f} MiB of "
-                  f"{e.get('sram_bytes', 0) / 2**20:.0f} MiB → {'fits' if e.get('fits_sram') else 'does not fit'}")
+        out.print(f"  SRAM: {sram_summary(e)}")
     for note in program.meta.get("notes", []) + program.meta.get("warnings", []):
         out.print(f"[yellow]note:[/yellow] {note}")

@@ -1,10 +1,15 @@
-"""``npusim estimate``: what a model will cost on the chip, without a daemon.
+"""``npusim estimate``: what a model will cost on the chip, end to end, without a daemon.
 
 Per operator it shows the cost model's records (compute vs memory cycles, what bounds it, how
 well it fills the MAC array, the DRAM bytes it streams); per program, the NPU and DMA time;
 per PE mode and batch size, the single-stream latency and offline throughput that
 :mod:`services.timing` predicts — the same engine the daemon schedules jobs with, so the
 prediction and a timing-only daemon run agree by construction.
+
+A latency is reported end to end for a host profile (:mod:`services.hostprofile`): the
+runtime's per-query overhead + host operators before the NPU + H2D + device + D2H + host
+operators after, each term on its own; ``device_latency_ns`` is the device path alone. The
+default profile, ``mlperf``, is how the chip's published figures were measured.
 
 A float ``.onnx`` is optimised, calibrated on one random sample and quantised *once*
 (quantisation is most of a compile and depends on neither target nor batch), then compiled
@@ -18,27 +23,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from compiler_svc.calibrate import CalibrationMethod, Calibrator, random_samples
-from compiler_svc.cost import estimate as cost_estimate
 from compiler_svc.loader import load_model
 from compiler_svc.passes import optimize_model
 from compiler_svc.pipeline import MAX_BATCH, CompileOptions, compile_model
 from compiler_svc.quantize import is_quantized, quantize
+from services.cost import recost_stage
+from services.cost.memory import sram_summary
 from services.errors import ConfigError, InvalidInput
-from services.hw import TARGETS, WARBOY, Hardware, timing_params, with_overrides
-from services.hw import target as resolve_target
+from services.hostprofile import HostProfile, host_profile
+from services.hw import TARGETS, WARBOY, Hardware, TimingParams, timing_params, with_overrides
 from services.modelfile import read_model
-from services.program import NpuStage, Program, is_program
+from services.program import NpuStage, NpuStep, Program, is_program
 from services.timing import StageTiming, single_stream, throughput
 
 __all__ = ["CALIBRATION_SAMPLES", "DEFAULT_BATCHES", "MODES", "ProgramEstimate", "compile_programs", "estimate_cmd",
-           "estimate_program", "layout_costs", "merge", "recost_stage", "stage_timing"]
+           "estimate_program", "host_terms", "merge", "stage_timing"]
 
 MODES: dict[str, dict[str, list[str]]] = {
     "warboy": {"pe0": ["pe0"], "pe0+pe1": ["pe0", "pe1"]},
@@ -48,24 +53,9 @@ MODES: dict[str, dict[str, list[str]]] = {
 DEFAULT_BATCHES = (1, 8)
 CALIBRATION_SAMPLES = 1
 """Random calibration samples: the ranges change the int8 values, never the cost."""
-LAYOUT_OPS = ("Lower", "Unlower")
-"""Cost records the partitioner adds for the NPU's own layout passes (not nodes of the graph)."""
 
 
 # -- re-costing and timing ------------------------------------------------------------------------
-def layout_costs(stage: NpuStage) -> list[dict[str, Any]]:
-    """The Lower/Unlower passes the partitioner costed, as ``estimate(extra=...)`` takes them."""
-    return [{"name": o["name"], "op_type": o["op_type"], "bytes": int(o.get("dram_bytes", 0))}
-            for o in stage.ops if o.get("op_type") in LAYOUT_OPS]
-
-
-def recost_stage(stage: NpuStage, target_name: str, hw: Hardware) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The stage's per-operator records and estimate on ``hw``: the compiler's cost model run
-    again on the stage graph, with the Lower/Unlower passes the partitioner costed."""
-    return cost_estimate(onnx.load_from_string(stage.graph), resolve_target(target_name, hw),
-                         extra=layout_costs(stage))
-
-
 def stage_timing(stage: NpuStage, estimate: dict[str, Any], hw: Hardware) -> StageTiming:
     """Per-job constants as the daemon computes them at OPEN (time scale 1)."""
     return StageTiming.for_stage(stage, hw, estimate=estimate)
@@ -79,6 +69,21 @@ def merge(timings: list[StageTiming]) -> StageTiming:
     return StageTiming(*(sum(getattr(t, f.name) for t in timings) for f in dataclasses.fields(StageTiming)))
 
 
+def host_terms(program: Program, step_ns: list[float | None] | None) -> dict[str, float]:
+    """Host time before the first NPU step, between NPU steps and after the last (ns)."""
+    terms = {"host_pre_ns": 0.0, "host_between_ns": 0.0, "host_post_ns": 0.0}
+    if step_ns is None:
+        return terms
+    npu = [k for k, st in enumerate(program.steps) if isinstance(st, NpuStep)]
+    first, last = (npu[0], npu[-1]) if npu else (len(program.steps), len(program.steps))
+    for k, ns in enumerate(step_ns):
+        if ns is None:
+            continue
+        key = "host_pre_ns" if k < first else "host_post_ns" if k > last else "host_between_ns"
+        terms[key] += ns
+    return terms
+
+
 @dataclass
 class ProgramEstimate:
     """One compiled program's costs and predictions, ready to print or dump as JSON."""
@@ -87,6 +92,7 @@ class ProgramEstimate:
     batch_size: int
     stages: list[dict[str, Any]]
     modes: dict[str, dict[str, Any]]
+    host: str = "mlperf"
 
     @property
     def npu_ns(self) -> float:
@@ -102,26 +108,40 @@ class ProgramEstimate:
             "dma": {"h2d_ns": sum(x["h2d_ns"] for x in t), "d2h_ns": sum(x["d2h_ns"] for x in t),
                     "h2d_bytes": sum(x["in_bytes"] for x in t), "d2h_bytes": sum(x["out_bytes"] for x in t)},
             "fits_sram": all(s["estimate"].get("fits_sram", True) for s in self.stages),
-            "modes": self.modes, "stages": self.stages,
+            "host": self.host, "modes": self.modes, "stages": self.stages,
         }
 
 
-def estimate_program(program: Program, hw: Hardware | None = None) -> ProgramEstimate:
-    """Costs and predictions of ``program``; with ``hw``, every stage is re-costed on it."""
+def estimate_program(program: Program, hw: Hardware | None = None, *, params: TimingParams | None = None,
+                     host: HostProfile | None = None) -> ProgramEstimate:
+    """Costs and predictions of ``program``: with ``hw`` or ``params``, every stage is re-costed;
+    latencies are end to end on ``host`` (default: the ``mlperf`` profile)."""
     chip = hw or WARBOY
+    profile = host or host_profile("mlperf", params)
     stages, timings = [], []
     for k, stage in enumerate(program.stages):
-        ops, est = (stage.ops, stage.estimate) if hw is None else recost_stage(stage, program.target, chip)
+        fresh = hw is not None or params is not None
+        ops, est = recost_stage(stage, program.target, chip, params) if fresh else (stage.ops, stage.estimate)
         st = stage_timing(stage, est, chip)
         timings.append(st)
         stages.append({"index": k, "ops": ops, "estimate": est, "timing": dataclasses.asdict(st)})
+    terms = host_terms(program, profile.step_costs(program) if profile.step_costs else None)
+    host_ns = sum(terms.values())
     job = merge(timings) if timings else None
     modes: dict[str, dict[str, Any]] = {}
     for mode, pes in MODES.get(program.target, {}).items():
-        latency = (sum(single_stream(pes[0], st) for st in timings) if len(pes) == 1 and timings else None)
+        device = sum(single_stream(pes[0], st) for st in timings) if len(pes) == 1 and timings else None
         rate = throughput(pes, job, program.batch_size) if job is not None else None
-        modes[mode] = {"pes": pes, "latency_ns": latency, "throughput_per_s": rate}
-    return ProgramEstimate(program.target, program.batch_size, stages, modes)
+        e2e = None if device is None else profile.runtime_overhead_ns + host_ns + device
+        modes[mode] = {
+            "pes": pes, "latency_ns": e2e, "device_latency_ns": device, "throughput_per_s": rate,
+            "end_to_end": None if device is None else {
+                "host": profile.name, "runtime_ns": profile.runtime_overhead_ns, **terms,
+                "h2d_ns": sum(t.h2d_ns for t in timings), "exec_ns": sum(t.exec_ns for t in timings),
+                "d2h_ns": sum(t.d2h_ns for t in timings)},
+            "host_bound_per_s": program.batch_size * 1e9 / host_ns if host_ns else None,
+        }
+    return ProgramEstimate(program.target, program.batch_size, stages, modes, profile.name)
 
 
 # -- compiling ------------------------------------------------------------------------------------
@@ -182,10 +202,16 @@ def _load_program(data: bytes, path: Path, target_npu: str, batch_size: list[int
 
 # -- the command ----------------------------------------------------------------------------------
 def estimate_cmd(*, model: Path, target_npu: str = "all", batch_size: list[int] | None = None,
-                 hw: list[str] | None = None, json_out: bool = False) -> dict[str, Any]:
-    """``npusim estimate``: print the estimate as tables (or one JSON object) and return it."""
+                 hw: list[str] | None = None, host: str = "mlperf",
+                 step_costs: Callable[[Program], list[float | None]] | None = None,
+                 json_out: bool = False) -> dict[str, Any]:
+    """``npusim estimate``: print the estimate as tables (or one JSON object) and return it.
+
+    ``step_costs`` times a program's host steps (the ``this`` profile; the CLI passes the
+    client's)."""
     from rich.console import Console
 
+    profile = host_profile(host, step_costs=step_costs)
     overrides = list(hw or [])
     chip: Hardware = with_overrides(WARBOY, overrides) if overrides else WARBOY  # type: ignore[assignment]
     targets = _targets(target_npu)
@@ -197,11 +223,16 @@ def estimate_cmd(*, model: Path, target_npu: str = "all", batch_size: list[int] 
         with contextlib.nullcontext() if json_out else Console(stderr=True).status("estimate …") as status:
             programs, notes = compile_programs(data, targets, batches, status=status)
         source = "onnx"
-    results = [estimate_program(p, chip if overrides else None) for p in programs]
+    results = [estimate_program(p, chip if overrides else None, host=profile) for p in programs]
+    if not profile.times_host_steps and any(p.cpu_steps() for p in programs):
+        notes.append(f"host profile {profile.name}: host operators are outside the timed path, as the published "
+                     "figures were measured; --host this times them on this machine")
     report = {
         "model": str(model), "source": source, "name": programs[0].meta.get("model", model.stem),
         "hw": dict(_split(o) for o in overrides), "hardware": dataclasses.asdict(chip),
-        "timing_params": dataclasses.asdict(timing_params()), "notes": notes,
+        "timing_params": dataclasses.asdict(timing_params()),
+        "host": {"name": profile.name, "description": profile.description,
+                 "runtime_overhead_ns": profile.runtime_overhead_ns}, "notes": notes,
         "programs": [r.as_dict() for r in results],
     }
     if json_out:
@@ -217,18 +248,6 @@ def _split(item: str) -> tuple[str, str]:
 
 
 # -- printing -------------------------------------------------------------------------------------
-def _sram(o: dict[str, Any], resident: bool) -> str:
-    """What of an operator streams from DRAM: nothing (it fits SRAM), weights, activations."""
-    if o.get("op_type") in LAYOUT_OPS:
-        return "DRAM pass"
-    dram = int(o.get("dram_bytes", 0))
-    if dram == 0:
-        return "fits"
-    weights = 0 if resident else int(o.get("weight_bytes", 0))
-    parts = (["weights"] if weights else []) + (["activations"] if dram > weights else [])
-    return "streams " + "+".join(parts)
-
-
 def _us(ns: float | None) -> str:
     return "—" if ns is None else f"{ns / 1e3:,.1f}"
 
@@ -246,46 +265,48 @@ def _print(report: dict[str, Any], chip: Hardware) -> None:
               + (f" with {what_if}" if what_if else "") + f" (timing parameters: {params})")
     for p in report["programs"]:
         for s in p["stages"]:
-            est, resident = s["estimate"], s["estimate"].get("weights_resident", True)
+            est = s["estimate"]
             title = (f"{p['target']}, batch {p['batch_size']}"
                      + (f", NPU stage {s['index']}" if p["npu_stages"] > 1 else "") + ": cost per operator")
             t = Table(title=title)
-            for col in ("operator", "type", "MACs", "compute cyc", "memory cyc", "bound by", "array fill",
-                        "DRAM bytes", "SRAM"):
-                t.add_column(col, justify="left" if col in ("operator", "type", "bound by", "SRAM") else "right",
-                             overflow="fold")
+            for col in ("operator", "type", "MACs", "compute cyc", "memory cyc", "bound by", "array fill", "mapping",
+                        "DRAM bytes", "note"):
+                t.add_column(col, justify="left" if col in ("operator", "type", "bound by", "mapping", "note")
+                             else "right", overflow="fold")
             for o in s["ops"]:
-                folded = not o.get("cycles")
                 t.add_row(o["name"], o["op_type"], f"{o.get('macs', 0):,}", f"{o.get('compute_cycles', 0):,.0f}",
-                          f"{o.get('memory_cycles', 0):,.0f}", "folded" if folded else o.get("bound", ""),
-                          f"{o.get('array_fill', 1.0):.2f}" if o.get("macs") else "—",
-                          f"{o.get('dram_bytes', 0):,}", _sram(o, resident))
-            t.add_row("total", "", f"{est.get('macs', 0):,}", f"{est.get('compute_cycles', 0):,.0f}", "", "", "",
-                      f"{est.get('dram_bytes', 0):,}", "fits" if est.get("fits_sram") else "does not fit")
+                          f"{o.get('memory_cycles', 0):,.0f}", o.get("bound", ""),
+                          f"{o.get('array_fill', 1.0):.2f}" if o.get("macs") else "—", o.get("mapping", ""),
+                          f"{o.get('dram_bytes', 0):,}", o.get("note", ""))
+            t.add_row("total", "", f"{est.get('macs', 0):,}", f"{est.get('compute_cycles', 0):,.0f}", "", "", "", "",
+                      f"{est.get('dram_bytes', 0):,}", "")
             out.print(t)
             tm = s["timing"]
             out.print(f"  NPU time {est.get('npu_ns', 0) / 1e3:,.1f} µs + job overhead "
                       f"{est.get('job_overhead_ns', 0) / 1e3:,.1f} µs = {tm['exec_ns'] / 1e3:,.1f} µs per job alone, "
-                      f"{tm['exec_shared_ns'] / 1e3:,.1f} µs while the other PE streams DRAM")
-            out.print(f"  DMA over PCIe ({chip.pcie_bytes_per_s / 1e9:g} GB/s per direction): host→device "
+                      f"{tm['exec_shared_ns'] / 1e3:,.1f} µs while the other PE streams DRAM "
+                      f"(the MACs alone at peak: {est.get('ideal_ns', 0) / 1e3:,.1f} µs)")
+            out.print(f"  DMA over PCIe ({chip.pcie_bytes_per_s / 1e9:g} GB/s per direction, "
+                      f"{chip.pcie_latency_ns / 1e3:g} µs latency): host→device "
                       f"{tm['h2d_ns'] / 1e3:,.1f} µs ({tm['in_bytes']:,} B), device→host {tm['d2h_ns'] / 1e3:,.1f} µs "
                       f"({tm['out_bytes']:,} B)")
-            out.print(f"  SRAM: weights {est.get('weight_bytes', 0) / 2**20:.2f} MiB "
-                      f"({'resident' if resident else 'streamed from DRAM every job'}), largest activation working "
-                      f"set {est.get('peak_activation_bytes', 0) / 2**20:.2f} MiB of "
-                      f"{est.get('sram_bytes', 0) / 2**20:.0f} MiB → "
-                      f"{'fits' if est.get('fits_sram') else 'does not fit'}")
+            out.print(f"  SRAM: {sram_summary(est)}")
+    host = report["host"]
+    out.print(f"host profile [bold]{host['name']}[/bold]: {host['description']}")
     t = Table(title="predicted per PE mode and batch size (services.timing, the daemon's engine)")
-    for col in ("target", "batch", "mode", "NPU µs", "DMA in/out µs", "single-stream latency µs",
-                "throughput samples/s"):
+    for col in ("target", "batch", "mode", "runtime µs", "host before µs", "DMA in µs", "device µs", "DMA out µs",
+                "host after µs", "latency µs", "device-only µs", "throughput samples/s"):
         t.add_column(col, justify="left" if col in ("target", "mode") else "right")
     for p in report["programs"]:
         for mode, m in p["modes"].items():
-            rate = m["throughput_per_s"]
-            t.add_row(p["target"], str(p["batch_size"]), mode, _us(p["npu_ns"]),
-                      f"{_us(p['dma']['h2d_ns'])} / {_us(p['dma']['d2h_ns'])}", _us(m["latency_ns"]),
-                      "—" if rate is None else f"{rate:,.0f}")
+            rate, e = m["throughput_per_s"], m["end_to_end"] or {}
+            t.add_row(p["target"], str(p["batch_size"]), mode, _us(e.get("runtime_ns")), _us(e.get("host_pre_ns")),
+                      _us(e.get("h2d_ns")), _us(e.get("exec_ns")), _us(e.get("d2h_ns")),
+                      _us(e.get("host_post_ns", 0) + e.get("host_between_ns", 0) if e else None),
+                      _us(m["latency_ns"]), _us(m["device_latency_ns"]), "—" if rate is None else f"{rate:,.0f}")
     out.print(t)
+    out.print("latency = runtime + host before + DMA in + device + DMA out + host after (one query at a time); "
+              "throughput keeps every PE of the mode busy, the host's work overlapping the device's")
     if any(p["npu_stages"] > 1 for p in report["programs"]):
         out.print("[yellow]note:[/yellow] programs with several NPU stages: latency is the sum of the stages' and "
                   "throughput counts all of a sample's stages as one job; host CPU steps between them are not counted")

@@ -1,10 +1,18 @@
-"""Which operators the emulated chip runs: the published rules, as one predicate.
+"""Which operators the emulated chip runs: the published rules, read with the published results.
 
 Everything else becomes a CPU operator of the program. The quantiser leaves such nodes in
 float (they run on the host in float anyway) and the partitioner puts them in ``cpu`` steps.
-Rules (research/hardware.md): Conv with group ≤ 128 and dilation ≤ 12; Concat and Slice
-only along the height axis; Softmax and LpNormalization (p = 2) only for batch ≤ 2;
+Rules (the SDK's operator list, research/hardware.md): Conv with dilation ≤ 12; Slice only
+along the height axis; Softmax and LpNormalization (p = 2) only for batch ≤ 2;
 BatchNormalization only after a Conv; SpaceToDepth only in CRD mode; int8 work only.
+
+Two rules of the list are read as the chip is published to behave (docs/partitioning.md):
+a Conv with more than 128 groups is *split* into NPU convolutions of at most 128 groups (the
+list says an operator outside its conditions "may be split into several operators"; the
+vendor's sub-millisecond MobileNet detectors have depthwise convolutions of up to 1024
+channels), and a Concat along the channel axis is an NPU memory operation (the vendor's
+YOLOv5/v8 tables are whole-model NPU times, and their C3/C2f/SPPF blocks concatenate
+channels). The cost model prices the split (services/cost) and ``npusim explain`` shows it.
 
 ONNX's SpaceToDepth has no mode attribute (its inverse, DepthToSpace, has DCR and CRD), so the
 CRD rule is checked on DepthToSpace, the operator that carries the mode.
@@ -30,7 +38,7 @@ NPU_OPS = {
 }
 """Operator types with an int8 NPU implementation; the rules below restrict some of them."""
 
-HEIGHT = 2  # the height axis of an NCHW tensor
+CHANNEL, HEIGHT = 1, 2  # axes of an NCHW tensor
 
 
 @dataclass
@@ -57,9 +65,6 @@ class GraphInfo:
 
 
 def _conv(node: onnx.NodeProto, g: GraphInfo) -> str | None:
-    group = int(attr(node, "group", 1))  # type: ignore[arg-type]
-    if group > 128:
-        return f"group={group}: the NPU accelerates Conv only with group ≤ 128"
     dil = list(attr(node, "dilations", [1]))  # type: ignore[arg-type]
     if max(dil) > 12:
         return f"dilation {max(dil)}: the NPU accelerates Conv only with dilation ≤ 12"
@@ -70,8 +75,8 @@ def _concat(node: onnx.NodeProto, g: GraphInfo) -> str | None:
     rank = g.rank(node.output[0]) or g.rank(node.input[0])
     axis = int(attr(node, "axis", 0))  # type: ignore[arg-type]
     axis = axis + rank if axis < 0 else axis
-    if rank == 4 and axis != HEIGHT:
-        return f"Concat along axis {axis}: the NPU concatenates only along the height axis"
+    if rank == 4 and axis not in (CHANNEL, HEIGHT):
+        return f"Concat along axis {axis}: the NPU concatenates only along the channel and height axes"
     return None
 
 
@@ -130,3 +135,4 @@ def npu_reason(node: onnx.NodeProto, g: GraphInfo) -> str | None:
         return f"its tensor {big!r} has rank {g.rank(big)}: the NPU's layouts hold at most 4 dimensions"
     rule = _RULES.get(node.op_type)
     return rule(node, g) if rule else None
+

@@ -29,6 +29,7 @@ from opentelemetry import trace
 
 from npu_daemon.execute import Executor
 from services import tracing
+from services.cost import recost_stage
 from services.devices import PE_NAMES
 from services.discovery import pid_alive
 from services.errors import (
@@ -63,6 +64,15 @@ TARGET_PE = {"warboy": ("pe0", "pe1"), "warboy-2pe": ("pe0-1",)}
 ROUTES_PER_SESSION = 16
 """Distinct RUN headers routed per session: one per stage is the usual case; a client varying its
 bodies would otherwise fill the loop's table (services.server.MAX_ROUTES) for every session."""
+
+
+def stage_costs(program: Program, hw: Hardware, time_scale: float = 1.0) -> list[StageTiming]:
+    """Each stage's per-job constants on ``hw``: the compiler's estimate on the spec-sheet chip,
+    the same cost model run again on the stage graph for a what-if chip (``--hw``), exactly as
+    ``npusim estimate --hw`` does."""
+    return [StageTiming.for_stage(st, hw, time_scale,
+                                  estimate=None if hw == WARBOY else recost_stage(st, program.target, hw)[1])
+            for st in program.stages]
 
 
 @dataclass(frozen=True)
@@ -183,9 +193,7 @@ class DaemonService(Service):
                              f"{self.name}{holder.pe}; close that session or pick another device",
                              details={"device": self.name, "pe": pe, "holder": holder.name})
         handle = uuid.uuid4().hex
-        s = OpenSession(handle, pe, body["session"], body.get("client_pid"), program,
-                        [StageTiming.for_stage(st, self.options.hw, self.options.time_scale)
-                         for st in program.stages],
+        s = OpenSession(handle, pe, body["session"], body.get("client_pid"), program, [],
                         [[t.name for t in st.device_outputs] for st in program.stages])
         self.sessions[handle] = s
         for c in CORES[pe]:
@@ -193,6 +201,7 @@ class DaemonService(Service):
 
         def load() -> None:  # onnxruntime takes a while to load a graph: off the loop thread
             try:
+                s.costs = stage_costs(program, self.options.hw, self.options.time_scale)
                 ex = Executor(program, threads=self.options.ort_threads, timing_only=self.options.timing_only)
             except Exception as e:  # noqa: BLE001 - onnxruntime load errors are user-facing
                 log.exception("%s: loading the program failed", self.name)

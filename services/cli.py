@@ -22,10 +22,14 @@ keys_app = typer.Typer(no_args_is_help=True, help="CURVE keys for serving beyond
 app.add_typer(keys_app, name="keys")
 
 
-def _call(target: str, **kwargs: Any) -> Any:
+def _resolve(target: str) -> Any:
     module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _call(target: str, **kwargs: Any) -> Any:
     try:
-        return getattr(importlib.import_module(module), func)(**kwargs)
+        return _resolve(target)(**kwargs)
     except NpusimError as e:
         typer.secho(f"npusim: {type(e).__name__}: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -203,12 +207,16 @@ def estimate(
     batch_size: list[int] = typer.Option([], "-b", "--batch-size", help="batch to compile for (repeatable; "
                                          "default 1 and 8; an .enf keeps its own)"),
     hw: list[str] = typer.Option([], help="what-if hardware knob KEY=VALUE, e.g. sram_per_slice=131072 (repeatable)"),
+    host: str = typer.Option("mlperf", help="host profile of the end-to-end latency: mlperf (how the chip's "
+                             "published figures were measured: host operators outside the timed path) or this "
+                             "(host operators timed on this machine)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Predict a model's cost without a daemon: per-operator cycles, NPU and DMA time, and latency and
-    throughput per PE mode (pe0, pe0-1, pe0+pe1) and batch size."""
+    """Predict a model's cost without a daemon: per-operator cycles, NPU and DMA time, and end-to-end
+    latency (each term) and throughput per PE mode (pe0, pe0-1, pe0+pe1) and batch size."""
+    step_costs = _resolve("client.hostcost:measure_steps") if host == "this" else None
     _call("compiler_svc.estimate:estimate_cmd", model=model, target_npu=target_npu, batch_size=batch_size, hw=hw,
-          json_out=json_out)
+          host=host, step_costs=step_costs, json_out=json_out)
 
 
 @keys_app.command("generate")

@@ -23,17 +23,20 @@ FITTED = Path(__file__).with_name("timing.json")
 
 @dataclass(frozen=True)
 class Hardware:
+    """The chip and its host link. Each default is from a public source (docs/timing-model.md
+    lists them): the spec sheet and published NPU configs in research/hardware.md, and for the
+    PCIe latency the pcie-bench measurements."""
+
     clock_hz: float = 2.0e9
     pes: int = 2
     slices_per_pe: int = 64
-    macs_per_slice: int = 128  # 32 x 4 int8 MAC lanes per cycle
+    macs_per_slice: int = 128  # 32 lanes x 4 rows of int8 MACs
+    lanes_per_slice: int = 32  # the array's columns, and the lowered row's width unit
     sram_per_slice: int = 256 * 1024
     dram_bytes_per_s: float = 66e9  # LPDDR4X-4266, shared by both PEs
     pcie_bytes_per_s: float = 15.75e9  # Gen4 x8, per direction
+    pcie_latency_ns: float = 1_000.0  # a DMA read's round trip (pcie-bench: 0.5-1 us on Xeon hosts)
     io_alignment: int = 64
-    vector_lanes_per_slice: int = 32  # int8 elements per cycle for non-MAC work
-    lanes_per_slice: int = 32  # the MAC array's columns; macs_per_slice / lanes = its reduction depth
-    weight_sram_fraction: float = 0.5  # SRAM kept for resident weights; the rest double-buffers activations
 
 
 WARBOY = Hardware()
@@ -41,14 +44,12 @@ WARBOY = Hardware()
 
 @dataclass(frozen=True)
 class TimingParams:
-    """The timing model's free parameters: at most three, fitted on ResNet-50 only.
+    """The timing model's free parameters: two, fitted on ResNet-50 only (benchmarks/fidelity.py).
 
-    The defaults are priors until the fit (``benchmarks/fidelity.py``) replaces them.
-    """
+    The defaults are the physical ceiling (peak rate, no overhead) until the fit replaces them."""
 
-    mac_efficiency: float = 0.5  # fraction of peak MAC/cycle a well-shaped layer reaches
-    op_overhead_cycles: float = 2000.0  # per NPU operator: instruction issue, pipeline fill
-    job_overhead_ns: float = 2_000.0  # per job: doorbell, descriptor set-up, completion interrupt
+    stream_efficiency: float = 1.0  # operand vectors a slice streams per cycle in a fold's steady state
+    runtime_overhead_ns: float = 0.0  # per query, on the host: the runtime's submit and completion
 
 
 @cache
@@ -58,7 +59,8 @@ def timing_params() -> TimingParams:
         data = json.loads(FITTED.read_text())
     except FileNotFoundError:
         return TimingParams()
-    return TimingParams(**{f.name: float(data["params"][f.name]) for f in dataclasses.fields(TimingParams)})
+    return TimingParams(**{f.name: float(data["params"][f.name]) for f in dataclasses.fields(TimingParams)
+                           if f.name in data.get("params", {})})
 
 
 TIMING = timing_params()

@@ -23,9 +23,14 @@ from typing import Any
 from services.hw import WARBOY, Hardware
 from services.program import NpuStage
 
-__all__ = ["CORES", "StageTiming", "JobTimes", "DeviceClock", "PeCounters", "single_stream", "throughput"]
+__all__ = ["CORES", "dma_ns", "StageTiming", "JobTimes", "DeviceClock", "PeCounters", "single_stream", "throughput"]
 
 CORES = {"pe0": (0,), "pe1": (1,), "pe0-1": (0, 1)}
+
+
+def dma_ns(nbytes: int, hw: Hardware = WARBOY) -> float:
+    """One DMA transfer over PCIe: its round-trip latency, then the bytes at the link's rate."""
+    return hw.pcie_latency_ns + nbytes / hw.pcie_bytes_per_s * 1e9 if nbytes > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +54,7 @@ class StageTiming:
         shared = float(estimate.get("npu_ns_shared", estimate.get("npu_ns", 0.0))) + overhead
         clock = float(estimate.get("clock_hz", hw.clock_hz))
         compute = float(estimate.get("compute_cycles", 0.0)) / clock * 1e9
-        return cls(h2d_ns=int(in_bytes / hw.pcie_bytes_per_s * 1e9 * scale),
-                   d2h_ns=int(out_bytes / hw.pcie_bytes_per_s * 1e9 * scale),
+        return cls(h2d_ns=int(dma_ns(in_bytes, hw) * scale), d2h_ns=int(dma_ns(out_bytes, hw) * scale),
                    exec_ns=int(alone * scale), exec_shared_ns=int(shared * scale), compute_ns=int(compute * scale),
                    cycles=int(estimate.get("npu_cycles", 0)), in_bytes=in_bytes, out_bytes=out_bytes)
 

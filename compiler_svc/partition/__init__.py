@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 from compiler_svc.config import CompilerConfig
-from compiler_svc.cost import estimate
+from services.cost import estimate
 from compiler_svc.graph import GraphIndex, toposort
 from compiler_svc.partition.batch import apply_batch
 from compiler_svc.partition.boundary import Edge, convert_inputs, convert_outputs

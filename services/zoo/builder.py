@@ -102,8 +102,8 @@ class GraphBuilder:
         return self.node("Relu", [y]) if relu else y
 
     def conv_bn(self, x: str, cin: int, cout: int, k: int = 3, *, stride: int = 1, group: int = 1,
-                act: str | None = "relu", gamma: float = 1.0, beta: float = 0.1) -> str:
-        """Conv (no bias, padding k//2) + BatchNormalization + activation: the torch export shape.
+                act: str | None = "relu", gamma: float = 1.0, beta: float = 0.1, pad: int | None = None) -> str:
+        """Conv (no bias, padding ``pad`` or k//2) + BatchNormalization + activation: the torch export shape.
 
         The BatchNormalization gets gamma ≈ ``gamma`` and beta ~ N(0, ``beta``); its mean and
         variance are placeholders until :func:`calibrate` sets them from data.
@@ -112,8 +112,8 @@ class GraphBuilder:
         fan_in = cin // group * k * k
         name = self._name("conv")
         w = self._normal((cout, cin // group, k, k), np.sqrt(2.0 / fan_in))
-        y = self.node("Conv", [x, self.init(name + "_w", w)], kernel_shape=[k, k], pads=[k // 2] * 4,
-                      strides=[stride, stride], group=group)
+        y = self.node("Conv", [x, self.init(name + "_w", w)], kernel_shape=[k, k],
+                      pads=[k // 2 if pad is None else pad] * 4, strides=[stride, stride], group=group)
         return self.act(self.bn(y, cout, gamma=gamma, beta=beta), act)
 
     def bn(self, x: str, c: int, *, gamma: float = 1.0, beta: float = 0.1) -> str:

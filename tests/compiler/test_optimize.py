@@ -21,7 +21,7 @@ from services.errors import InvalidModel
 pytestmark = pytest.mark.timeout(60)
 
 FLOAT = TensorProto.FLOAT
-ZOO_FAST = [name for name in zoo.MODELS if name != "resnet50"]
+ZOO_FAST = [name for name in zoo.MODELS if name not in zoo.HEAVY]
 
 
 # -- helpers -----------------------------------------------------------------------------

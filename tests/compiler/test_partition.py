@@ -34,7 +34,7 @@ from tests.programs import run_program
 pytestmark = pytest.mark.timeout(60)
 
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
-ZOO_FAST = [name for name in zoo.MODELS if name != "resnet50"]
+ZOO_FAST = [name for name in zoo.MODELS if name not in zoo.HEAVY]
 
 
 # -- building and quantising -----------------------------------------------------------

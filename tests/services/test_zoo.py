@@ -15,6 +15,8 @@ from services.zoo import GraphBuilder, MODELS, build, identity, sample_inputs, s
 
 pytestmark = pytest.mark.timeout(60)
 
+SSD_ANCHORS, SSD_SIZES = (3, 6, 6, 6, 6, 6), (19, 10, 5, 3, 2, 1)  # SSD-MobileNet-v1 at 300×300
+
 # name → (input shapes, output shapes) as documented
 SHAPES = {
     "small_cnn": ({"input": [1, 3, 64, 64]}, {"logits": [1, 10]}),
@@ -28,8 +30,23 @@ SHAPES = {
     "ops_gallery": ({"input": [1, 3, 60, 100]}, {"seg": [1, 4, 60, 100], "logits": [1, 10], "embed": [1, 16]}),
     "ops_gallery_w32": ({"input": [1, 3, 64, 128]}, {"seg": [1, 4, 64, 128], "logits": [1, 10], "embed": [1, 16]}),
     "denoiser": ({"input": [1, 3, 256, 256]}, {"output": [1, 3, 256, 256]}),
+    "mobilenet_v1": ({"input": [1, 3, 224, 224]}, {"logits": [1, 1000]}),
+    "ssd_mobilenet_v1": ({"input": [1, 3, 300, 300]},
+                         {**{f"loc{k}": [1, a * 4, s, s] for k, (a, s) in enumerate(zip(SSD_ANCHORS, SSD_SIZES))},
+                          **{f"conf{k}": [1, a * 91, s, s] for k, (a, s) in enumerate(zip(SSD_ANCHORS, SSD_SIZES))}}),
+    "resnet34": ({"input": [1, 3, 224, 224]}, {"logits": [1, 1000]}),
+    "yolov5_like": ({"input": [1, 3, 640, 640]},
+                    {"out_s8": [1, 255, 80, 80], "out_s16": [1, 255, 40, 40], "out_s32": [1, 255, 20, 20]}),
+    "yolov5n_like": ({"input": [1, 3, 640, 640]},
+                     {"out_s8": [1, 255, 80, 80], "out_s16": [1, 255, 40, 40], "out_s32": [1, 255, 20, 20]}),
+    "yolov8_like": ({"input": [1, 3, 640, 640]},
+                    {"out_s8": [1, 144, 80, 80], "out_s16": [1, 144, 40, 40], "out_s32": [1, 144, 20, 20]}),
+    "yolov8n_like": ({"input": [1, 3, 640, 640]},
+                     {"out_s8": [1, 144, 80, 80], "out_s16": [1, 144, 40, 40], "out_s32": [1, 144, 20, 20]}),
 }
-FAST = [n for n in SHAPES if n != "resnet50"]
+# The big ones are built once each in their own section and run at a smaller size there.
+HEAVY = zoo.HEAVY
+FAST = [n for n in SHAPES if n not in HEAVY]
 
 
 @functools.lru_cache(maxsize=None)
@@ -343,6 +360,310 @@ def test_yolox_like_nhwc_is_the_nchw_model_behind_a_transpose() -> None:
 def test_yolox_like_rejects_odd_sizes() -> None:
     with pytest.raises(ValueError, match="multiples of 32"):
         zoo.yolox_like(height=600)
+
+
+# --- MobileNet v1, SSD-MobileNet-v1, ResNet-34, YOLOv5, YOLOv8: costs --------------------------
+
+# name → (MACs, parameters) as published at the default size: the MobileNet paper, torchvision's
+# ResNet-34, and Ultralytics' GFLOPs (two per MAC) and parameter counts at 640×640
+PUBLISHED = {
+    "mobilenet_v1": (569e6, 4.2e6),
+    "resnet34": (3.6e9, 21.8e6),
+    "yolov5_like": (16.5e9 / 2, 7.2e6),
+    "yolov5n_like": (4.5e9 / 2, 1.9e6),
+    "yolov8_like": (28.6e9 / 2, 11.2e6),
+    "yolov8n_like": (8.7e9 / 2, 3.2e6),
+}
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _group(node: onnx.NodeProto) -> int:
+    return int(_attrs(node).get("group", 1))
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_macs_and_parameters_match_the_published_figures(name: str) -> None:
+    m = _model(name)
+    macs, n_params = PUBLISHED[name]
+    assert zoo.macs(m) == _count_macs(m)
+    assert abs(zoo.macs(m) / macs - 1) < 0.05, zoo.macs(m)
+    assert abs(zoo.params(m) / n_params - 1) < 0.05, zoo.params(m)
+
+
+# --- MobileNet v1 and SSD-MobileNet-v1 ----------------------------------------------------------
+
+MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1),
+                (512, 1), (1024, 2), (1024, 1))  # (pointwise channels, depthwise stride), the paper's Table 1
+
+
+def test_mobilenet_v1_topology_and_health() -> None:
+    m = _model("mobilenet_v1")
+    inits = {t.name: t for t in m.graph.initializer}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    depthwise = [n for n in convs if _group(n) > 1]
+    assert len(convs) == 27 and len(depthwise) == 13
+    assert [_group(n) for n in depthwise] == [32] + [c for c, _ in MOBILENET_V1[:-1]]
+    assert all(inits[n.input[1]].dims[1] == 1 for n in depthwise)
+    assert [_attrs(n)["strides"] for n in depthwise] == [[s, s] for _, s in MOBILENET_V1]
+    pointwise = [n for n in convs if _group(n) == 1][1:]
+    assert [inits[n.input[1]].dims[0] for n in pointwise] == [c for c, _ in MOBILENET_V1]
+    assert sum(n.op_type == "BatchNormalization" for n in m.graph.node) == 27
+    assert sum(n.op_type == "Clip" for n in m.graph.node) == 27, "ReLU6 after every conv"
+    fc = next(n for n in m.graph.node if n.op_type == "Gemm")
+    assert list(inits[fc.input[1]].dims) == [1000, 1024]
+    assert zoo.params(m) == 4_231_976  # Keras' MobileNet (alpha 1.0), trainable parameters, exactly
+    _assert_healthy_classifier(m)
+
+
+def _ssd_params(classes: int = 91) -> int:
+    """SSD-MobileNet-v1's parameters counted by hand: every conv has a bias once BN is folded."""
+    convs = [(3, 32, 3, 1)]  # (cin, cout, kernel, group)
+    cin = 32
+    for cout, _ in MOBILENET_V1:
+        convs += [(cin, cin, 3, cin), (cin, cout, 1, 1)]
+        cin = cout
+    for cout in (512, 256, 256, 128):
+        convs += [(cin, cout // 2, 1, 1), (cout // 2, cout, 3, 1)]
+        cin = cout
+    for c, a in zip((512, 1024, 512, 256, 256, 128), SSD_ANCHORS):
+        convs += [(c, a * 4, 1, 1), (c, a * classes, 1, 1)]
+    return sum(cout * (cin // g * k * k + 1) for cin, cout, k, g in convs)
+
+
+def test_ssd_mobilenet_v1_taps_the_backbone_and_predicts_raw_heads() -> None:
+    m = _model("ssd_mobilenet_v1")
+    assert [o.name for o in m.graph.output] == [f"loc{k}" for k in range(6)] + [f"conf{k}" for k in range(6)]
+    assert "BatchNormalization" not in {n.op_type for n in m.graph.node}, "folded, as in the MLPerf model"
+    inits = {t.name: t for t in m.graph.initializer}
+    producer = {n.output[0]: n for n in m.graph.node}
+    heads = [producer[o.name] for o in m.graph.output]
+    assert all(h.op_type == "Conv" and _attrs(h)["kernel_shape"] == [1, 1] and len(h.input) == 3 for h in heads)
+    assert [inits[h.input[1]].dims[1] for h in heads[:6]] == [512, 1024, 512, 256, 256, 128]
+    assert [h.input[0] for h in heads[:6]] == [h.input[0] for h in heads[6:]], "loc and conf share each map"
+    depthwise = [n for n in m.graph.node if n.op_type == "Conv" and _group(n) > 1]
+    assert heads[0].input[0] == depthwise[11].input[0], "the first map is the 11th block's output"
+    consumer = {n.input[0]: n for n in m.graph.node}
+    last = consumer[consumer[consumer[depthwise[12].output[0]].output[0]].output[0]]  # Clip, Conv 1×1, Clip
+    assert last.op_type == "Clip" and heads[1].input[0] == last.output[0], "the second is the 13th block's"
+    assert zoo.params(m) == _ssd_params()
+    assert 1.1e9 < zoo.macs(m) < 1.35e9  # the MLPerf model: ≈1.2 GMAC, ≈6.8 M parameters
+
+
+def test_ssd_mobilenet_v1_scores_like_a_trained_detector() -> None:
+    """Most anchors are background; a few per image, not none and not most, are some object."""
+    m = _model("ssd_mobilenet_v1")
+    sess = _session("ssd_mobilenet_v1")
+    for sample in sample_inputs(m, 2, seed=13):
+        confs = _run(sess, sample)[6:]
+        fg = []
+        for c, a in zip(confs, SSD_ANCHORS):
+            z = c.reshape(1, a, 91, *c.shape[2:]).astype(np.float64)
+            p = np.exp(z - z.max(axis=2, keepdims=True))
+            p /= p.sum(axis=2, keepdims=True)
+            fg.append(p[:, :, 1:].max(axis=2).ravel())
+        fg = np.concatenate(fg)
+        assert fg.size == 1917
+        assert 0 < (fg > 0.5).sum() < 0.2 * fg.size
+        assert np.median(fg) < 0.1
+
+
+# --- ResNet-34 ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def r34() -> onnx.ModelProto:
+    return _model("resnet34")
+
+
+@pytest.mark.timeout(90)
+def test_resnet34_topology(r34: onnx.ModelProto) -> None:
+    onnx.checker.check_model(r34, full_check=True)
+    assert {i.name: _dims(i) for i in r34.graph.input} == SHAPES["resnet34"][0]
+    assert {o.name: _dims(o) for o in r34.graph.output} == SHAPES["resnet34"][1]
+    ops = [n.op_type for n in r34.graph.node]
+    assert ops.count("Conv") == 36 and ops.count("BatchNormalization") == 36  # 1 + 2×16 + 3 projections
+    assert ops.count("Add") == 16 and ops.count("Relu") == 33 and ops.count("MaxPool") == 1
+    assert ops[-3:] == ["GlobalAveragePool", "Flatten", "Gemm"]
+    inits = {t.name: t for t in r34.graph.initializer}
+    kernels = [(list(inits[n.input[1]].dims)[2:], _attrs(n)["strides"]) for n in r34.graph.node if n.op_type == "Conv"]
+    assert sum(k == [3, 3] for k, _ in kernels) == 32, "basic blocks: two 3×3 convs each"
+    assert [k for k, s in kernels if s == [2, 2]] == [[7, 7], [3, 3], [1, 1], [3, 3], [1, 1], [3, 3], [1, 1]]
+    fc = next(n for n in r34.graph.node if n.op_type == "Gemm")
+    assert list(inits[fc.input[1]].dims) == [1000, 512]
+    assert zoo.params(r34) == 21_797_672  # torchvision's resnet34, exactly
+
+
+@pytest.mark.timeout(90)
+def test_resnet34_activations_healthy_and_output_finite(r34: onnx.ModelProto) -> None:
+    _assert_healthy_classifier(r34)
+
+
+@pytest.mark.timeout(90)
+def test_resnet34_rebuild_is_identical(r34: onnx.ModelProto) -> None:
+    assert zoo.resnet34().SerializeToString() == r34.SerializeToString()
+
+
+@pytest.mark.timeout(90)
+def test_resnet34_weights_do_not_depend_on_the_input_size(r34: onnx.ModelProto) -> None:
+    big = zoo.resnet34(height=1200, width=1200)
+    assert _dims(big.graph.input[0]) == [1, 3, 1200, 1200] and _dims(big.graph.output[0]) == [1, 1000]
+    assert {t.name: t.raw_data for t in big.graph.initializer} == {t.name: t.raw_data for t in r34.graph.initializer}
+    assert zoo.macs(big) > 25 * zoo.macs(r34)
+
+
+# --- YOLOv5 and YOLOv8 --------------------------------------------------------------------------
+
+YOLOS = ("yolov5_like", "yolov8_like")
+
+
+@pytest.fixture(scope="module")
+def yolov5s() -> onnx.ModelProto:
+    return _model("yolov5_like")
+
+
+@pytest.fixture(scope="module")
+def yolov8s() -> onnx.ModelProto:
+    return _model("yolov8_like")
+
+
+def _maxpools_are_sppf(m: onnx.ModelProto) -> None:
+    """SPPF: three chained MaxPool 5×5 stride 1 pad 2, and a Concat of their input and outputs."""
+    pools = [n for n in m.graph.node if n.op_type == "MaxPool"]
+    assert len(pools) == 3
+    for p in pools:
+        assert _attrs(p) == {"kernel_shape": [5, 5], "strides": [1, 1], "pads": [2, 2, 2, 2]}
+    assert pools[1].input[0] == pools[0].output[0] and pools[2].input[0] == pools[1].output[0]
+    chain = [pools[0].input[0]] + [p.output[0] for p in pools]
+    assert any(n.op_type == "Concat" and list(n.input) == chain for n in m.graph.node)
+
+
+def _assert_exported_like_ultralytics(m: onnx.ModelProto, predictors: int) -> None:
+    """BN folded (every Conv has a bias), SiLU as x·Sigmoid(x) after every Conv but the
+    ``predictors``, nearest ×2 Resizes, channel Concats."""
+    ops = [n.op_type for n in m.graph.node]
+    assert "BatchNormalization" not in ops
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert all(len(n.input) == 3 for n in convs)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    silu = [n for n in m.graph.node if n.op_type == "Mul" and any(
+        i in producer and producer[i].op_type == "Sigmoid" and producer[i].input[0] in n.input for i in n.input)]
+    assert len(silu) == ops.count("Sigmoid") == len(convs) - predictors
+    inits = {t.name: t for t in m.graph.initializer}
+    resizes = [n for n in m.graph.node if n.op_type == "Resize"]
+    assert len(resizes) == 2
+    for r in resizes:
+        assert _attrs(r)["mode"] == b"nearest" and numpy_helper.to_array(inits[r.input[2]]).tolist() == [1, 1, 2, 2]
+    assert {_attrs(n)["axis"] for n in m.graph.node if n.op_type == "Concat"} == {1}
+
+
+@pytest.mark.timeout(90)
+def test_yolov5_like_topology(yolov5s: onnx.ModelProto) -> None:
+    m = yolov5s
+    assert {o.name: _dims(o) for o in m.graph.output} == SHAPES["yolov5_like"][1]
+    _assert_exported_like_ultralytics(m, predictors=3)
+    _maxpools_are_sppf(m)
+    inits = {t.name: t for t in m.graph.initializer}
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    stem = convs[0]
+    assert stem.input[0] == "input" and list(inits[stem.input[1]].dims) == [32, 3, 6, 6], "6×6 stem, no Focus"
+    assert _attrs(stem)["strides"] == [2, 2] and _attrs(stem)["pads"] == [2, 2, 2, 2]
+    strided = [n for n in convs[1:] if _attrs(n).get("strides") == [2, 2]]
+    assert len(strided) == 6 and all(_attrs(n)["kernel_shape"] == [3, 3] for n in strided)
+    ops = [n.op_type for n in m.graph.node]
+    # 8 C3 (two-input Concat each), SPPF, 4 neck Concats; residual bottlenecks only in the backbone (1+2+3+1)
+    assert ops.count("Concat") == 13 and ops.count("Add") == 7 and "Split" not in ops
+    producer = {n.output[0]: n for n in m.graph.node}
+    for o, cin in zip(m.graph.output, (128, 256, 512)):
+        head = producer[o.name]
+        assert head.op_type == "Conv" and list(inits[head.input[1]].dims) == [255, cin, 1, 1]
+
+
+@pytest.mark.timeout(90)
+def test_yolov8_like_topology(yolov8s: onnx.ModelProto) -> None:
+    m = yolov8s
+    assert {o.name: _dims(o) for o in m.graph.output} == SHAPES["yolov8_like"][1]
+    _assert_exported_like_ultralytics(m, predictors=6)
+    _maxpools_are_sppf(m)
+    inits = {t.name: t for t in m.graph.initializer}
+    shapes = {vi.name: _dims(vi) for vi in m.graph.value_info}
+    splits = [n for n in m.graph.node if n.op_type == "Split"]
+    assert len(splits) == 8, "one Split per C2f"
+    for s in splits:
+        halves = numpy_helper.to_array(inits[s.input[1]]).tolist()
+        assert _attrs(s)["axis"] == 1 and len(s.output) == 2 and halves[0] == halves[1]
+        assert shapes[s.input[0]][1] == sum(halves)
+        fuse = next(n for n in m.graph.node if n.op_type == "Concat" and list(n.input[:2]) == list(s.output))
+        assert len(fuse.input) >= 3, "C2f concatenates both halves and every bottleneck's output"
+    # no 1×1 lateral convs in the neck: the SPPF output (512 channels for s) is upsampled as it is
+    resize = next(n for n in m.graph.node if n.op_type == "Resize")
+    assert shapes[resize.input[0]] == [1, 512, 20, 20]
+    producer = {n.output[0]: n for n in m.graph.node}
+    for o in m.graph.output:
+        cat = producer[o.name]
+        assert cat.op_type == "Concat" and len(cat.input) == 2
+        box, cls = (producer[i] for i in cat.input)
+        assert [inits[c.input[1]].dims[0] for c in (box, cls)] == [64, 80], "4×16 DFL bins, then 80 classes"
+
+
+@pytest.fixture(scope="module", params=YOLOS)
+def yolo_320(request: pytest.FixtureRequest) -> tuple[str, onnx.ModelProto]:
+    return request.param, _model(request.param, height=320, width=320)
+
+
+@pytest.mark.timeout(90)
+def test_yolo_runs_at_320_with_low_finite_scores(yolo_320: tuple[str, onnx.ModelProto]) -> None:
+    name, m = yolo_320
+    c = 255 if name == "yolov5_like" else 144
+    assert [_dims(o) for o in m.graph.output] == [[1, c, 40, 40], [1, c, 20, 20], [1, c, 10, 10]]
+    sess = _run_session(m)
+    samples = sample_inputs(m, 2, seed=17)
+    assert samples[0][0].min() >= 0 and samples[0][0].max() <= 1, "pixels in [0, 1], as Ultralytics takes them"
+    for sample in samples:
+        for y in _run(sess, sample):
+            assert y.dtype == np.float32 and np.isfinite(y).all()
+            # objectness (v5) or class (v8) scores: low on average, as a trained detector's, and not constant
+            z = y.reshape(1, 3, 85, *y.shape[2:])[:, :, 4] if name == "yolov5_like" else y[:, 64:]
+            p = 1 / (1 + np.exp(-z.astype(np.float64)))
+            assert p.mean() < 0.2 and p.std() > 1e-4
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("name", YOLOS)
+def test_yolo_builds_deterministically_at_any_multiple_of_32(name: str) -> None:
+    a = zoo.build(name, height=128, width=160)
+    assert a.SerializeToString() == zoo.build(name, height=128, width=160).SerializeToString()
+    assert zoo.build(name, height=128, width=160, seed=1).SerializeToString() != a.SerializeToString()
+    onnx.checker.check_model(a, full_check=True)
+    assert a.ir_version == 8 and a.opset_import[0].version == 13
+    assert [_dims(o)[2:] for o in a.graph.output] == [[16, 20], [8, 10], [4, 5]]
+    weights = {t.name: t.raw_data for t in _model(name).graph.initializer}
+    assert {t.name: t.raw_data for t in a.graph.initializer} == weights, "calibrated at 640 whatever the size"
+
+
+@pytest.mark.parametrize("name", YOLOS)
+@pytest.mark.parametrize("size", [{"height": 600}, {"width": 100}, {"height": 330, "width": 330}])
+def test_yolo_rejects_sizes_not_multiple_of_32(name: str, size: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="multiples of 32"):
+        zoo.build(name, **size)
+
+
+def test_yolo_sizes_scale_channels_and_repeats_like_ultralytics() -> None:
+    """n is s at half width; v8-m caps channels at 768 before scaling: its widest conv has 576."""
+    def stem(m: onnx.ModelProto) -> list[int]:
+        return list(next(t for t in m.graph.initializer if t.name == m.graph.node[0].input[1]).dims)
+
+    assert stem(_model("yolov8n_like")) == [16, 3, 3, 3] and stem(_model("yolov5n_like")) == [16, 3, 6, 6]
+    assert stem(_model("yolov8_like")) == [32, 3, 3, 3]
+    med = zoo.yolov8_like(height=64, width=64, depth=0.67, width_mult=0.75, max_channels=768)
+    assert max(t.dims[0] for t in med.graph.initializer if len(t.dims) == 4) == 576
+    # repeats max(round(n × depth), 1): m has 2, 4, 4, 2 residual bottlenecks in the backbone's C2f
+    # (the neck's C2f have no shortcut)
+    adds = [n for n in med.graph.node if n.op_type == "Add"]
+    assert len(adds) == 2 + 4 + 4 + 2
 
 
 # --- operator gallery ---------------------------------------------------------------------------
