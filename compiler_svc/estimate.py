@@ -293,9 +293,9 @@ def _print(report: dict[str, Any], chip: Hardware) -> None:
             out.print(f"  SRAM: {sram_summary(est)}")
     host = report["host"]
     out.print(f"host profile [bold]{host['name']}[/bold]: {host['description']}")
-    t = Table(title="predicted per PE mode and batch size (services.timing, the daemon's engine)")
-    for col in ("target", "batch", "mode", "runtime µs", "host before µs", "DMA in µs", "device µs", "DMA out µs",
-                "host after µs", "latency µs", "device-only µs", "throughput samples/s"):
+    t = Table(title="predicted per PE mode and batch size, in µs (services.timing, the daemon's engine)")
+    for col in ("target", "batch", "mode", "runtime", "host in", "DMA in", "device", "DMA out", "host out",
+                "latency", "device path", "samples/s"):
         t.add_column(col, justify="left" if col in ("target", "mode") else "right")
     for p in report["programs"]:
         for mode, m in p["modes"].items():
@@ -305,8 +305,9 @@ def _print(report: dict[str, Any], chip: Hardware) -> None:
                       _us(e.get("host_post_ns", 0) + e.get("host_between_ns", 0) if e else None),
                       _us(m["latency_ns"]), _us(m["device_latency_ns"]), "—" if rate is None else f"{rate:,.0f}")
     out.print(t)
-    out.print("latency = runtime + host before + DMA in + device + DMA out + host after (one query at a time); "
-              "throughput keeps every PE of the mode busy, the host's work overlapping the device's")
+    out.print("latency = runtime + host in + DMA in + device + DMA out + host out, one query at a time (device path: "
+              "DMA in + device + DMA out); samples/s keeps every PE of the mode busy, the host's work overlapping the "
+              "device's")
     if any(p["npu_stages"] > 1 for p in report["programs"]):
         out.print("[yellow]note:[/yellow] programs with several NPU stages: latency is the sum of the stages' and "
                   "throughput counts all of a sample's stages as one job; host CPU steps between them are not counted")

@@ -35,4 +35,10 @@ def _daemon_capacity(f: dict[str, Any]) -> None:
     assert f["jitter"]["emulated_p99_over_p50"] <= 1.01, f["jitter"]
 
 
-CHECKS = {"daemon_capacity": _daemon_capacity}
+def _fidelity(f: dict[str, Any]) -> None:
+    """The two fitted ResNet-50 figures are met; the predictions are reported beside them."""
+    assert abs(f["fused_latency_ratio"] - 1) < 1e-6 and abs(f["offline_ratio"] - 1) < 1e-6
+    assert f["multistream_us"] > 0 and f["mnist_npu_us"] > 0
+
+
+CHECKS = {"daemon_capacity": _daemon_capacity, "fidelity": _fidelity}

@@ -18,10 +18,12 @@ from typing import Any
 import onnx
 import pytest
 
-from compiler_svc.estimate import MODES, estimate_cmd, estimate_program, recost_stage, stage_timing
+from client.hostcost import measure_steps
+from compiler_svc.estimate import MODES, estimate_cmd, estimate_program, stage_timing
 from compiler_svc.pipeline import CompileOptions, compile_model
+from services.cost import recost_stage
 from services.errors import ConfigError, InvalidInput
-from services.hw import WARBOY
+from services.hw import WARBOY, timing_params
 from services.program import Program
 from services.timing import single_stream, throughput
 from services.zoo import mnist, small_cnn
@@ -76,7 +78,13 @@ def test_json_is_one_object_with_every_target_and_default_batch(cli: Any) -> Non
         assert p["npu_ns"] > 0 and p["dma"]["h2d_ns"] > 0 and p["dma"]["h2d_bytes"] > 0
         for mode, m in p["modes"].items():
             assert m["throughput_per_s"] > 0
-            assert (m["latency_ns"] is None) == (mode == "pe0+pe1")
+            assert (m["latency_ns"] is None) == (m["device_latency_ns"] is None) == (mode == "pe0+pe1")
+            if m["latency_ns"] is not None:
+                e = m["end_to_end"]
+                assert e["host"] == "mlperf" and e["host_pre_ns"] == e["host_post_ns"] == 0
+                assert m["latency_ns"] == pytest.approx(e["runtime_ns"] + m["device_latency_ns"])
+                assert m["device_latency_ns"] >= e["h2d_ns"] + e["exec_ns"] + e["d2h_ns"]
+    assert report["host"]["name"] == "mlperf" and report["host"]["runtime_overhead_ns"] > 0
 
 
 def test_table_shows_operators_times_and_modes(cli: Any) -> None:
@@ -84,9 +92,9 @@ def test_table_shows_operators_times_and_modes(cli: Any) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
     for phrase in ("warboy, batch 1: cost per operator", "warboy, batch 4: cost per operator", "compute cyc",
-                   "memory cyc", "bound by", "array fill", "DRAM bytes", "SRAM", "Conv", "MaxPool", "NPU time",
-                   "job overhead", "DMA over PCIe", "host→device", "device→host", "single-stream latency",
-                   "throughput samples/s", "pe0+pe1"):
+                   "memory cyc", "bound by", "array fill", "mapping", "DRAM bytes", "SRAM:", "Conv", "MaxPool",
+                   "NPU time", "job overhead", "DMA over PCIe", "host→device", "device→host", "host profile mlperf",
+                   "runtime", "latency", "device path", "samples/s", "pe0+pe1"):
         assert phrase in out, f"{phrase!r} missing from:\n{out}"
     assert "warboy-2pe" not in out and "pe0-1 " not in out
 
@@ -122,7 +130,8 @@ def test_predictions_are_the_timing_engines(programs: dict[str, Program]) -> Non
         for m in est.modes.values():
             assert m["throughput_per_s"] == throughput(m["pes"], st, program.batch_size)
             if len(m["pes"]) == 1:
-                assert m["latency_ns"] == single_stream(m["pes"][0], st)
+                assert m["device_latency_ns"] == single_stream(m["pes"][0], st)
+                assert m["latency_ns"] == timing_params().runtime_overhead_ns + single_stream(m["pes"][0], st)
         assert est.as_dict()["dma"]["h2d_ns"] == st.h2d_ns and est.as_dict()["exec_ns"] == st.exec_ns
 
 
@@ -142,7 +151,8 @@ def test_what_if_hardware_reaches_cost_model_and_dma(workdir: Path, capsys: pyte
     assert slow["hw"] == {"pcie_bytes_per_s": "7.875e9", "sram_per_slice": "64"}
     assert slow["hardware"]["sram_per_slice"] == 64
     p = slow["programs"][0]
-    assert p["dma"]["h2d_ns"] == pytest.approx(2 * base["dma"]["h2d_ns"], abs=2)
+    latency = WARBOY.pcie_latency_ns  # a transfer's round trip, then its bytes at the link's rate
+    assert p["dma"]["h2d_ns"] - latency == pytest.approx(2 * (base["dma"]["h2d_ns"] - latency), abs=2)
     est = p["stages"][0]["estimate"]
     assert not est["weights_resident"] and not est["fits_sram"] and base["fits_sram"]
     assert est["dram_bytes"] > base["stages"][0]["estimate"]["dram_bytes"]
@@ -183,3 +193,33 @@ def test_table_for_an_onnx_in_process(workdir: Path, capsys: pytest.CaptureFixtu
     assert [(p["target"], p["batch_size"]) for p in report["programs"]] == [("warboy-2pe", 1)]
     assert "warboy-2pe, batch 1: cost per operator" in out and "pe0-1" in out and "pe0+pe1" not in out
     assert "calibrated on 1 random sample" in out
+
+
+def test_the_this_host_profile_times_the_host_operators_around_the_npu(workdir: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    report = estimate_cmd(model=workdir / "mnist.enf", host="this", step_costs=measure_steps, json_out=True)
+    capsys.readouterr()
+    assert report["host"]["name"] == "this"
+    m = report["programs"][0]["modes"]["pe0"]
+    e = m["end_to_end"]
+    assert e["host"] == "this" and e["host_pre_ns"] > 0 and e["host_post_ns"] > 0  # Quantize+Pad, Unlower+Dequantize
+    assert e["host_between_ns"] == 0
+    assert m["latency_ns"] == pytest.approx(e["runtime_ns"] + e["host_pre_ns"] + m["device_latency_ns"]
+                                            + e["host_post_ns"])
+    assert m["host_bound_per_s"] == pytest.approx(2 * 1e9 / (e["host_pre_ns"] + e["host_post_ns"]))
+
+
+def test_measured_host_steps_are_the_programs_host_steps(workdir: Path) -> None:
+    program = Program.from_bytes((workdir / "mnist.enf").read_bytes())
+    costs = measure_steps(program, repeats=3)
+    assert len(costs) == len(program.steps)
+    for step, ns in zip(program.steps, costs):
+        assert (ns is None) == (step.kind == "npu")
+        assert ns is None or ns > 0
+
+
+def test_an_unknown_host_profile_is_named(workdir: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown host profile 'laptop'; choose one of mlperf, this"):
+        estimate_cmd(model=workdir / "mnist.enf", host="laptop")
+    with pytest.raises(ConfigError, match="npusim estimate --host this"):
+        estimate_cmd(model=workdir / "mnist.enf", host="this")

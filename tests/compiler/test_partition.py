@@ -479,7 +479,7 @@ def _concat(axis: int) -> onnx.ModelProto:
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
              helper.make_node("Conv", ["x", "w2", "b2"], ["b"], pads=[1, 1, 1, 1], name="conv2"),
              helper.make_node("Concat", ["a", "b"], ["y"], axis=axis, name="concat")]
-    out = [1, 4, 4, 32] if axis == 1 else [1, 2, 8, 32]
+    out = {1: [1, 4, 4, 32], 2: [1, 2, 8, 32], 3: [1, 2, 4, 64]}[axis]
     return _model(nodes, [("x", [1, 2, 4, 32])], [("y", out)],
                   [_w("w1", (2, 2, 3, 3), 1), _w("b1", (2,), 2), _w("w2", (2, 2, 3, 3), 3), _w("b2", (2,), 4)])
 
@@ -510,9 +510,8 @@ CPU_CASES: dict[str, tuple[Callable[[], onnx.ModelProto], str, str]] = {
     "lstm": (_lstm, "LSTM", "LSTM is not an NPU operator"),
     "topk": (_topk, "TopK", "TopK is not an NPU operator"),
     "argmax": (_argmax, "ArgMax", "ArgMax is not an NPU operator"),
-    "group_130": (lambda: _grouped(130), "Conv", "group=130"),
     "dilation_13": (lambda: _dilated(13), "Conv", "dilation 13"),
-    "concat_channels": (lambda: _concat(1), "Concat", "Concat along axis 1"),
+    "concat_width": (lambda: _concat(3), "Concat", "Concat along axis 3"),
     "softmax_batch_3": (lambda: _softmax(3), "Softmax", "batch 3"),
     "depth_to_space_dcr": (lambda: _tail("DepthToSpace", blocksize=2, mode="DCR"), "DepthToSpace", "CRD"),
 }
@@ -535,14 +534,25 @@ def test_operators_the_chip_does_not_run_become_cpu_steps(case: str) -> None:
     _assert_reproduces(program, q, _inputs(q))
 
 
-@pytest.mark.parametrize("build", [lambda: _grouped(128), lambda: _dilated(12), lambda: _concat(2)],
-                         ids=["group_128", "dilation_12", "concat_height"])
+@pytest.mark.parametrize("build", [lambda: _grouped(128), lambda: _grouped(130), lambda: _dilated(12),
+                                   lambda: _concat(2), lambda: _concat(1)],
+                         ids=["group_128", "group_130", "dilation_12", "concat_height", "concat_channels"])
 def test_operators_within_the_limits_stay_on_the_npu(build: Callable[[], onnx.ModelProto]) -> None:
     q = _quantise(build())
     program = compile(q)
     assert not _cpu_ops(program)
     assert [s.kind for s in program.steps].count("npu") == 1
     _assert_reproduces(program, q, _inputs(q))
+
+
+@pytest.mark.parametrize("group, pieces", [(128, 1), (129, 2), (256, 2), (1024, 8)])
+def test_a_conv_beyond_128_groups_runs_as_pieces_of_at_most_128_and_says_so(group: int, pieces: int) -> None:
+    program = compile(_quantise(_grouped(group)))
+    (op,) = [o for o in program.stages[0].ops if o["name"] == "depthwise"]
+    assert op["pieces"] == pieces
+    assert ("split into" in op.get("note", "")) is (pieces > 1)
+    if pieces > 1:
+        assert f"split into {pieces} NPU convolutions of at most 128 groups ({group} groups)" == op["note"]
 
 
 @pytest.mark.parametrize("build", [
@@ -561,9 +571,10 @@ def test_npu_operators_compile_and_run(build: Callable[[], onnx.ModelProto]) -> 
 
 
 def test_a_model_with_no_npu_operator_still_compiles() -> None:
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], group=130, name="depthwise")]
-    q = _quantise(_model(nodes, [("x", [1, 130, 2, 32])], [("y", [1, 130, 2, 32])],
-                         [_w("w", (130, 1, 3, 3), 1), _w("b", (130,), 2)]))
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[13, 13, 13, 13], dilations=[13, 13],
+                              name="dilated")]
+    q = _quantise(_model(nodes, [("x", [1, 2, 4, 32])], [("y", [1, 2, 4, 32])],
+                         [_w("w", (2, 2, 3, 3), 1), _w("b", (2,), 2)]))
     program = compile(q)
     assert [o["op_type"] for o in _cpu_ops(program)] == ["Conv"]
     _assert_reproduces(program, q, _inputs(q))

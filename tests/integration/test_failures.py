@@ -40,7 +40,7 @@ from tests.helpers import alive as _alive
 from tests.helpers import wait_until as _wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-SLOW_SCALE = "20000"  # small_cnn: ~0.03 ms emulated at scale 1 -> ~0.6 s per request
+SLOW_SCALE = "100000"  # small_cnn: ~7 µs emulated at scale 1 -> ~0.7 s per request
 MIN_SLOW_NS = 300_000_000
 X = np.zeros((1, 3, 64, 64), np.float32)
 
