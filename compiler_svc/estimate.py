@@ -308,6 +308,11 @@ def _print(report: dict[str, Any], chip: Hardware) -> None:
     out.print("latency = runtime + host in + DMA in + device + DMA out + host out, one query at a time (device path: "
               "DMA in + device + DMA out); samples/s keeps every PE of the mode busy, the host's work overlapping the "
               "device's")
+    for p in report["programs"]:
+        for mode, m in p["modes"].items():
+            if m.get("host_bound_per_s"):
+                out.print(f"{p['target']}, batch {p['batch_size']}, {mode}: one worker doing the host operators keeps "
+                          f"up with {m['host_bound_per_s']:,.0f} samples/s (throughput = 1 / max(NPU, CPU / workers))")
     if any(p["npu_stages"] > 1 for p in report["programs"]):
         out.print("[yellow]note:[/yellow] programs with several NPU stages: latency is the sum of the stages' and "
                   "throughput counts all of a sample's stages as one job; host CPU steps between them are not counted")

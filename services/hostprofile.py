@@ -15,6 +15,7 @@ operators count depends on how the figure is measured, so a profile names that t
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,6 @@ def host_profile(name: str, params: TimingParams | None = None, step_costs: Step
         if step_costs is None:
             raise ConfigError("the 'this' host profile times host steps with the client's kernels; "
                               "run it through `npusim estimate --host this`")
-        return HostProfile("this", f"this machine ({platform.machine()}, {platform.processor() or 'cpu'}): "
-                           "host operators timed with npusim's kernels", runtime, step_costs)
+        return HostProfile("this", f"this machine ({platform.machine()}, {os.cpu_count()} cores): host operators "
+                           "timed with npusim's kernels", runtime, step_costs)
     raise ConfigError(f"unknown host profile {name!r}; choose one of {', '.join(HOSTS)}")
