@@ -11,16 +11,19 @@ the one that makes the job faster (``model.estimate``):
 
 Either way the compiler runs as many images of a batch at once (a *sub-batch*) as keep every
 live activation on chip, and streams the weights once per sub-batch. When even one image's
-live set at an operator does not fit, that operator streams its input and output through DRAM.
+live set does not fit, the tensors alive at that point live in DRAM: their maker writes them
+there and each reader reads them back.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import onnx
 
 from services.cost.work import Shapes, Work
+from services.layout import padded
 
 __all__ = ["SramPlan", "plans", "sram_summary"]
 
@@ -35,11 +38,12 @@ class SramPlan:
     free_bytes: int  # what activations may use
     peak_live_bytes: int  # the largest live activation set of one image
     live: tuple[int, ...]  # per operator: one image's live activation bytes while it runs
+    spill: tuple[int, ...]  # per operator: one image's activation bytes it moves through DRAM
     sub_batch: int
     runs: int  # sub-batches per job
 
     def spills(self, i: int) -> bool:
-        return self.live[i] > self.free_bytes
+        return self.spill[i] > 0
 
 
 def _alias(model: onnx.ModelProto) -> dict[str, str]:
@@ -58,40 +62,91 @@ def _alias(model: onnx.ModelProto) -> dict[str, str]:
     return {t: root(t) for t in out}
 
 
-def _live(model: onnx.ModelProto, works: list[tuple[onnx.NodeProto, Work]], shapes: Shapes, images: int) -> list[int]:
-    """One image's bytes of activations alive while each operator runs: its inputs, its outputs
-    and every tensor made before and read after it (a residual branch's input)."""
+@dataclass(frozen=True)
+class _Tensors:
+    """Every activation of a stage: when it lives and how big one image's copy is, and what
+    each operator reads and makes."""
+
+    life: dict[str, tuple[int, int, int]]  # tensor → (first operator, last operator, bytes per image)
+    reads: list[list[str]]
+    makes: list[list[str]]
+
+    def live(self, ops: int) -> list[int]:
+        """One image's bytes of activations alive while each operator runs: its inputs, its
+        outputs and every tensor made before and read after it (a residual branch's input)."""
+        live = [0] * ops
+        for a, b, size in self.life.values():
+            for k in range(max(a, 0), b + 1):
+                live[k] += size
+        return live
+
+
+def _tensors(model: onnx.ModelProto, works: list[tuple[onnx.NodeProto, Work]], shapes: Shapes,
+             images: int) -> _Tensors:
     alias = _alias(model)
     weights = {i.name for i in model.graph.initializer}
     first: dict[str, int] = {}
     last: dict[str, int] = {}
+    reads: list[list[str]] = []
+    makes: list[list[str]] = []
     for k, (node, _) in enumerate(works):
-        for t in (alias.get(t, t) for t in node.input if t):
-            if t in weights:
-                continue
+        ins = [t for t in dict.fromkeys(alias.get(t, t) for t in node.input if t) if t not in weights]
+        outs = list(dict.fromkeys(alias.get(t, t) for t in node.output if t))
+        for t in ins:
             first.setdefault(t, -1)  # a stage input is on chip from the start
             last[t] = k
-        for t in (alias.get(t, t) for t in node.output if t):
+        for t in outs:
             first.setdefault(t, k)
             last[t] = max(last.get(t, k), k)
+        reads.append(ins)
+        makes.append(outs)
     end = len(works) - 1
     for o in model.graph.output:
         t = alias.get(o.name, o.name)
         if t in last:
             last[t] = end  # an output stays until the job's results leave
-    live = [0] * len(works)
-    for t, a in first.items():
-        size = shapes.bytes(t) // max(images, 1)
-        for k in range(max(a, 0), last.get(t, a) + 1):
-            live[k] += size
-    return live
+    life = {t: (a, last.get(t, a), _lowered_bytes(shapes, t) // max(images, 1)) for t, a in first.items()}
+    return _Tensors(life, reads, makes)
+
+
+def _lowered_bytes(shapes: Shapes, t: str) -> int:
+    """A tensor's bytes as the chip stores it: a 4-D activation's rows padded to the lane width
+    (the lowered layout, services/layout.py), so a 7-wide map takes 32 bytes a row."""
+    if t not in shapes:
+        return 0
+    dims = shapes.of(t)
+    if len(dims) == 4:
+        return math.prod(dims[:-1]) * padded(dims[-1])
+    return shapes.bytes(t)
+
+
+def _spill(tensors: _Tensors, live: list[int], free: int, groups: list[int]) -> tuple[int, ...]:
+    """Per operator, one image's DRAM traffic for activations that cannot stay on chip: a tensor
+    alive while the live set exceeds the free SRAM is written to DRAM by its maker and read back
+    by each of its readers. ``groups[k]`` is the operator whose pass runs operator k (itself, or
+    the MAC operator it is fused into): a pass moves its fused operators' tensors, and a tensor
+    made inside a pass is not read back within it."""
+    spilled = {t for t, (a, b, _) in tensors.life.items()
+               if any(live[k] > free for k in range(max(a, 0), b + 1))}
+    size = {t: s for t, (_, _, s) in tensors.life.items()}
+    made_in = {t: groups[k] for k, outs in enumerate(tensors.makes) for t in outs}
+    traffic = [0] * len(groups)
+    for k, (ins, outs) in enumerate(zip(tensors.reads, tensors.makes)):
+        g = groups[k]
+        traffic[g] += sum(size[t] for t in ins if t in spilled and made_in.get(t) != g)
+        traffic[g] += sum(size[t] for t in outs if t in spilled)
+    return tuple(traffic)
 
 
 def plans(model: onnx.ModelProto, works: list[tuple[onnx.NodeProto, Work]], shapes: Shapes,
-          sram_bytes: int) -> list[SramPlan]:
-    """The plans this stage can use: streamed always, resident when the weights fit."""
+          sram_bytes: int, fused: dict[str, str] | None = None) -> list[SramPlan]:
+    """The plans this stage can use: streamed always, resident when the weights fit. ``fused``:
+    operator name → the MAC operator whose pass runs it (``fusion.fused_into``)."""
     images = max((w.images for _, w in works if w.kind != "free"), default=1)
-    live = _live(model, works, shapes, images)
+    index = {node.name: k for k, (node, _) in enumerate(works)}
+    groups = [index.get((fused or {}).get(node.name, node.name), k) for k, (node, _) in enumerate(works)]
+    tensors = _tensors(model, works, shapes, images)
+    live = tensors.live(len(works))
     peak = max(live, default=0)
     total = sum(w.weight_bytes for _, w in works)
     out = []
@@ -100,7 +155,8 @@ def plans(model: onnx.ModelProto, works: list[tuple[onnx.NodeProto, Work]], shap
         if resident and free < peak:
             continue  # resident weights would push live activations of one image off chip
         sub = max(1, min(images, free // peak)) if peak else images
-        out.append(SramPlan(resident, sram_bytes, weights, free, peak, tuple(live), sub, -(-images // sub)))
+        out.append(SramPlan(resident, sram_bytes, weights, free, peak, tuple(live), _spill(tensors, live, free, groups), sub,
+                            -(-images // sub)))
     return out
 
 

@@ -71,7 +71,7 @@ def estimate(model: onnx.ModelProto, target: Target, *, extra: list[dict[str, An
     fused = fused_into(model, works)
     compute = [_compute(node, w, fused, target, params) for node, w in works]
     costed = [_costed(model, works, compute, fused, target, plan, extra or []) for plan in
-              plans(model, works, Shapes(model), target.sram_bytes)]
+              plans(model, works, Shapes(model), target.sram_bytes, fused)]
     # the faster plan; on a tie the one that spares the DRAM (it then does not slow the other PE)
     return min(costed, key=lambda c: (c[1]["npu_cycles"], c[1]["npu_cycles_shared"], c[1]["dram_bytes"]))
 
@@ -110,7 +110,7 @@ def _costed(model: onnx.ModelProto, works: list[tuple[onnx.NodeProto, Work]],
                 record.update(fused_into=fused[node.name], note=f"fused into {fused[node.name]}'s vector stage")
             ops.append(record)
             continue
-        spilled = w.in_bytes + w.out_bytes if sram.spills(k) else 0
+        spilled = sram.spill[k] * w.images
         traffic = (0 if sram.resident else w.weight_bytes * sram.runs) + spilled
         memory = traffic / rate
         cycles = max(cycles_compute, memory)
@@ -121,7 +121,7 @@ def _costed(model: onnx.ModelProto, works: list[tuple[onnx.NodeProto, Work]],
         record.update(info)
         record.update(dram_bytes=traffic, cycles=cycles, compute_cycles=cycles_compute, memory_cycles=memory,
                       array_fill=w.macs / (cycles_compute * peak) if w.macs and cycles_compute else 1.0,
-                      bound="memory" if memory > cycles_compute else "compute", spills=sram.spills(k))
+                      bound="memory" if memory > cycles_compute else "compute", spills=spilled > 0)
         ops.append(record)
     for item in extra:  # the NPU's own Lower/Unlower: one DMA pass over the bytes through DRAM
         memory = item["bytes"] / rate
@@ -147,7 +147,7 @@ def _costed(model: onnx.ModelProto, works: list[tuple[onnx.NodeProto, Work]],
         "peak_activation_bytes": sram.peak_live_bytes,
         "activation_sram_bytes": sram.free_bytes,
         "sub_batch": sram.sub_batch,
-        "spilled_ops": sum(1 for k in range(len(works)) if sram.spills(k) and works[k][1].kind != "free"),
+        "spilled_ops": sum(1 for o in ops if o.get("spills")),
         "sram_bytes": target.sram_bytes,
         "fits_sram": sram.peak_live_bytes <= sram.free_bytes,
         "clock_hz": hw.clock_hz,

@@ -76,5 +76,8 @@ class Shapes:
             raise CompileError(f"tensor {name!r} has no static shape; fix the input shapes "
                                "(optimize_model(model, input_shapes=...))") from None
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._shapes
+
     def bytes(self, name: str) -> int:
         return math.prod(self.of(name)) if name in self._shapes else 0

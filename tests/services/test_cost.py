@@ -124,7 +124,7 @@ def test_weights_stay_on_chip_when_they_fit_and_stream_when_they_do_not() -> Non
 def test_a_stage_is_priced_on_its_faster_sram_plan() -> None:
     graph, works = _stage(wide=True)  # 0.66 MB of weights
     total = sum(w.weight_bytes for _, w in works)
-    for sram, resident in ((32768, True), (8192, False)):  # 2 MiB: they stay; 0.5 MiB: they cannot
+    for sram, resident in ((65536, True), (16384, False)):  # 4 MiB: they stay; 1 MiB: they cannot
         chip = target("warboy", with_overrides(WARBOY, [f"sram_per_slice={sram}"]))  # type: ignore[arg-type]
         _, est = estimate(graph, chip, params=PEAK, works=works)
         assert est["weights_resident"] is resident, sram
@@ -139,6 +139,27 @@ def test_activations_that_do_not_fit_stream_through_dram() -> None:
     conv = next(o for o in ops if o["name"] == "conv")
     assert conv["spills"] and conv["dram_bytes"] >= 2 * 16 * 32 * 32  # its input and output, through DRAM
     assert conv["cycles"] == max(conv["compute_cycles"], conv["memory_cycles"])
+
+
+def test_a_tensor_off_chip_is_written_by_its_maker_and_read_back_by_its_readers() -> None:
+    graph, works = _stage()  # 16 channels of 32×32 int8: 16 KiB a tensor, 32-wide rows need no padding
+    chip = target("warboy", with_overrides(WARBOY, ["sram_per_slice=64"]))  # type: ignore[arg-type]
+    ops, _ = estimate(graph, chip, params=PEAK, works=works)
+    by = {o["name"]: o for o in ops}
+    tensor = 16 * 32 * 32
+    weights = {o["name"]: o["weight_bytes"] for o in ops}
+    # conv reads the lone Relu's output, writes its own, and its fused Sigmoid writes one more
+    assert by["conv"]["dram_bytes"] == weights["conv"] + 3 * tensor
+    # conv2 reads the Sigmoid's output and x (the Add's other input), writes its own, and the
+    # fused Add and Sigmoid write theirs (x was already read by the lone Relu from DRAM as well)
+    assert by["conv2"]["dram_bytes"] == weights["conv2"] + 5 * tensor
+    assert by["sigmoid"]["dram_bytes"] == 0 and by["add"]["dram_bytes"] == 0
+
+
+def test_the_sram_holds_rows_padded_to_the_lane_width() -> None:
+    narrow = compile(_quantised(_conv_relu_add(size=8)), target_npu="warboy").stages[0].estimate
+    wide = compile(_quantised(_conv_relu_add(size=32)), target_npu="warboy").stages[0].estimate
+    assert narrow["peak_activation_bytes"] * 4 == wide["peak_activation_bytes"] * 1  # 8 wide takes 32
 
 
 def test_a_batch_repeats_one_images_schedule() -> None:
