@@ -33,14 +33,18 @@ ENV_CACHE_MAX = "NPUSIM_CACHE_MAX_BYTES"
 
 @functools.cache
 def compiler_digest() -> str:
-    """sha256 of the compiler's source: every .py file under compiler_svc/ and services/program.py.
+    """sha256 of the compiler's source: every .py file under compiler_svc/ and services/cost/, and
+    the services modules a program's content depends on (its format, the layouts, the hardware
+    constants and fitted parameters' code, the timing engine).
 
     The version number only moves on a release; hashing the source makes any change to a pass,
     the partitioner or the cost model a new cache key. Computed once per process.
     """
     package = Path(__file__).resolve().parent
     root = package.parent
-    files = sorted(package.rglob("*.py")) + [root / "services" / "program.py"]
+    services = root / "services"
+    files = (sorted(package.rglob("*.py")) + sorted((services / "cost").rglob("*.py"))
+             + [services / name for name in ("program.py", "layout.py", "hw.py", "timing.py")])
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(root).as_posix().encode() + b"\0")

@@ -33,7 +33,7 @@ from compiler_svc.loader import load_model
 from compiler_svc.passes import optimize_model
 from compiler_svc.pipeline import MAX_BATCH, CompileOptions, compile_model
 from compiler_svc.quantize import is_quantized, quantize
-from services.cost import recost_stage
+from services.cost import recost_program
 from services.cost.memory import sram_summary
 from services.errors import ConfigError, InvalidInput
 from services.hostprofile import HostProfile, host_profile
@@ -119,9 +119,9 @@ def estimate_program(program: Program, hw: Hardware | None = None, *, params: Ti
     chip = hw or WARBOY
     profile = host or host_profile("mlperf", params)
     stages, timings = [], []
-    for k, stage in enumerate(program.stages):
-        fresh = hw is not None or params is not None
-        ops, est = recost_stage(stage, program.target, chip, params) if fresh else (stage.ops, stage.estimate)
+    fresh = hw is not None or params is not None
+    costs = recost_program(program, chip, params) if fresh else [(s.ops, s.estimate) for s in program.stages]
+    for k, (stage, (ops, est)) in enumerate(zip(program.stages, costs)):
         st = stage_timing(stage, est, chip)
         timings.append(st)
         stages.append({"index": k, "ops": ops, "estimate": est, "timing": dataclasses.asdict(st)})
@@ -139,7 +139,9 @@ def estimate_program(program: Program, hw: Hardware | None = None, *, params: Ti
                 "host": profile.name, "runtime_ns": profile.runtime_overhead_ns, **terms,
                 "h2d_ns": sum(t.h2d_ns for t in timings), "exec_ns": sum(t.exec_ns for t in timings),
                 "d2h_ns": sum(t.d2h_ns for t in timings)},
-            "host_bound_per_s": program.batch_size * 1e9 / host_ns if host_ns else None,
+            # one worker turning queries around: the runtime's overhead and the host operators
+            "host_bound_per_s": (program.batch_size * 1e9 / (profile.runtime_overhead_ns + host_ns)
+                                 if profile.times_host_steps and profile.runtime_overhead_ns + host_ns else None),
         }
     return ProgramEstimate(program.target, program.batch_size, stages, modes, profile.name)
 
@@ -306,13 +308,14 @@ def _print(report: dict[str, Any], chip: Hardware) -> None:
                       _us(m["latency_ns"]), _us(m["device_latency_ns"]), "—" if rate is None else f"{rate:,.0f}")
     out.print(t)
     out.print("latency = runtime + host in + DMA in + device + DMA out + host out, one query at a time (device path: "
-              "DMA in + device + DMA out); samples/s keeps every PE of the mode busy, the host's work overlapping the "
-              "device's")
+              "DMA in + device + DMA out); samples/s is the device's rate with every PE of the mode busy, the host's "
+              "work overlapped by enough workers")
     for p in report["programs"]:
         for mode, m in p["modes"].items():
             if m.get("host_bound_per_s"):
-                out.print(f"{p['target']}, batch {p['batch_size']}, {mode}: one worker doing the host operators keeps "
-                          f"up with {m['host_bound_per_s']:,.0f} samples/s (throughput = 1 / max(NPU, CPU / workers))")
+                out.print(f"{p['target']}, batch {p['batch_size']}, {mode}: one worker doing the runtime's and the host "
+                          f"operators' work keeps up with {m['host_bound_per_s']:,.0f} samples/s (throughput = "
+                          "1 / max(NPU, CPU / workers))")
     if any(p["npu_stages"] > 1 for p in report["programs"]):
         out.print("[yellow]note:[/yellow] programs with several NPU stages: latency is the sum of the stages' and "
                   "throughput counts all of a sample's stages as one job; host CPU steps between them are not counted")

@@ -29,7 +29,7 @@ from opentelemetry import trace
 
 from npu_daemon.execute import Executor
 from services import tracing
-from services.cost import recost_stage
+from services.cost import recost_program
 from services.devices import PE_NAMES
 from services.discovery import pid_alive
 from services.errors import (
@@ -70,9 +70,8 @@ def stage_costs(program: Program, hw: Hardware, time_scale: float = 1.0) -> list
     """Each stage's per-job constants on ``hw``: the compiler's estimate on the spec-sheet chip,
     the same cost model run again on the stage graph for a what-if chip (``--hw``), exactly as
     ``npusim estimate --hw`` does."""
-    return [StageTiming.for_stage(st, hw, time_scale,
-                                  estimate=None if hw == WARBOY else recost_stage(st, program.target, hw)[1])
-            for st in program.stages]
+    costs = [s.estimate for s in program.stages] if hw == WARBOY else [e for _, e in recost_program(program, hw)]
+    return [StageTiming.for_stage(st, hw, time_scale, estimate=est) for st, est in zip(program.stages, costs)]
 
 
 @dataclass(frozen=True)

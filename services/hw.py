@@ -14,7 +14,7 @@ from pathlib import Path
 
 from services.errors import ConfigError
 
-__all__ = ["Hardware", "WARBOY", "TimingParams", "TIMING", "TARGETS", "Target", "target", "timing_params",
+__all__ = ["Hardware", "WARBOY", "TimingParams", "TARGETS", "Target", "target", "timing_params",
            "with_overrides", "FITTED"]
 
 FITTED = Path(__file__).with_name("timing.json")
@@ -28,15 +28,13 @@ class Hardware:
     PCIe latency the pcie-bench measurements."""
 
     clock_hz: float = 2.0e9
-    pes: int = 2
     slices_per_pe: int = 64
     macs_per_slice: int = 128  # 32 lanes x 4 rows of int8 MACs
     lanes_per_slice: int = 32  # the array's columns, and the lowered row's width unit
     sram_per_slice: int = 256 * 1024
     dram_bytes_per_s: float = 66e9  # LPDDR4X-4266, shared by both PEs
     pcie_bytes_per_s: float = 15.75e9  # Gen4 x8, per direction
-    pcie_latency_ns: float = 1_000.0  # a DMA read's round trip (pcie-bench: 0.5-1 us on Xeon hosts)
-    io_alignment: int = 64
+    pcie_latency_ns: float = 1_000.0  # a DMA read's round trip (pcie-bench, docs/timing-model.md)
 
 
 WARBOY = Hardware()
@@ -62,8 +60,6 @@ def timing_params() -> TimingParams:
     return TimingParams(**{f.name: float(data["params"][f.name]) for f in dataclasses.fields(TimingParams)
                            if f.name in data.get("params", {})})
 
-
-TIMING = timing_params()
 
 
 def with_overrides(base: dataclasses.DataclassInstance, items: list[str] | dict[str, object]) -> object:

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 from compiler_svc.config import CompilerConfig
-from services.cost import estimate
+from services.cost import estimate, program_weights, recost_stage
 from compiler_svc.graph import GraphIndex, toposort
 from compiler_svc.partition.batch import apply_batch
 from compiler_svc.partition.boundary import Edge, convert_inputs, convert_outputs
@@ -172,7 +172,7 @@ def build_program(qmodel: onnx.ModelProto, *, target: Target, batch_size: int, c
     for k, s in enumerate(stages):
         if s.kind == "npu":
             name = f"{meta.get('model', 'model')}_npu{k}"
-            npu_stages.append(_npu_stage(b, s, len(npu_stages), target, name, remove_unlower))
+            npu_stages.append(_npu_stage(b, s, len(npu_stages), target, name, remove_unlower, batch_size))
         else:
             feeds = [b.logical(t) for t in s.inputs]
             rename = {t: f.name for t, f in zip(s.inputs, feeds) if f.name != t}
@@ -182,6 +182,10 @@ def build_program(qmodel: onnx.ModelProto, *, target: Target, batch_size: int, c
             b.steps.append(CpuStep(sub.SerializeToString(), [f.name for f in feeds], list(s.outputs), ops))
             for t in s.outputs:
                 b.have(t, _LOGICAL, b.spec(t))
+    together = program_weights(npu_stages)
+    if together is not None:  # several NPU stages: a resident plan keeps all their weights on chip
+        for st in npu_stages:
+            st.ops, st.estimate = recost_stage(st, target.name, target.hw, batch=batch_size, program_weights=together)
     user_outputs = [_program_output(b, e) for e in outs]
     program = Program(target=target.name, batch_size=batch_size, inputs=user_inputs, outputs=user_outputs,
                       steps=b.steps, stages=npu_stages, meta=dict(meta, notes=b.notes))
@@ -236,7 +240,7 @@ def _program_output(b: _Builder, e: Edge) -> TensorSpec:
 
 
 def _npu_stage(b: _Builder, s: Stage, index: int, target: Target, name: str,
-               remove_unlower: dict[str, Edge]) -> NpuStage:
+               remove_unlower: dict[str, Edge], batch_size: int) -> NpuStage:
     sub = subgraph(b.m, b.idx, s, name)
     graph_in = [b.spec(t) for t in s.inputs]
     graph_out = [b.spec(t) for t in s.outputs]
@@ -260,5 +264,5 @@ def _npu_stage(b: _Builder, s: Stage, index: int, target: Target, name: str,
             b.have(t.name, _LOGICAL, dev)
         dev_out.append(dev)
     b.steps.append(NpuStep(index, [d.name for d in dev_in], [d.name for d in dev_out]))
-    ops, est = estimate(sub, target, extra=layout_costs)
+    ops, est = estimate(sub, target, extra=layout_costs, batch=batch_size)
     return NpuStage(sub.SerializeToString(), dev_in, dev_out, graph_in, graph_out, ops, est)

@@ -9,8 +9,8 @@ it under ``--hw``: one engine, so a prediction and an emulated run never disagre
 
 from services.cost.array import ArrayCost, fold_overhead, mac_cycles, vector_cycles
 from services.cost.model import estimate, op_work
-from services.cost.recost import LAYOUT_OPS, layout_costs, recost_stage
+from services.cost.recost import LAYOUT_OPS, layout_costs, program_weights, recost_program, recost_stage
 from services.cost.work import Gemm, Shapes, Work
 
 __all__ = ["LAYOUT_OPS", "ArrayCost", "Gemm", "Shapes", "Work", "estimate", "fold_overhead", "layout_costs",
-           "mac_cycles", "op_work", "recost_stage", "vector_cycles"]
+           "mac_cycles", "op_work", "program_weights", "recost_program", "recost_stage", "vector_cycles"]

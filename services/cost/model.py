@@ -22,16 +22,14 @@ from onnx import numpy_helper
 
 from services.cost._list import RULES
 from services.cost.array import mac_cycles, vector_cycles
-from services.cost.fusion import fused_into
+from services.cost.fusion import passes
 from services.cost.memory import SramPlan, plans
 from services.cost.rules import CONV_GROUP_LIMIT
-from services.cost.work import Shapes, Work
+from services.cost.work import QDQ, Shapes, Work
 from services.errors import UnsupportedOperator
 from services.hw import Target, TimingParams, timing_params
 
 __all__ = ["estimate", "op_work"]
-
-_FUSED = {"QuantizeLinear", "DequantizeLinear"}
 
 
 def _weights(model: onnx.ModelProto) -> dict[str, int]:
@@ -43,13 +41,14 @@ def _weights(model: onnx.ModelProto) -> dict[str, int]:
     return sizes
 
 
-def op_work(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, Work]]:
-    """Every operator of a stage graph with its Work (Q/DQ are part of the int8 kernels)."""
-    shapes = Shapes(model)
+def op_work(model: onnx.ModelProto, batch: int = 1) -> list[tuple[onnx.NodeProto, Work]]:
+    """Every operator of a stage graph with its Work (Q/DQ are part of the int8 kernels);
+    ``batch``: the program's batch size, the images a job holds."""
+    shapes = Shapes(model, batch)
     weights = _weights(model)
     out = []
     for node in model.graph.node:
-        if node.op_type in _FUSED:
+        if node.op_type in QDQ:
             continue
         rule = RULES.get(node.op_type)
         if rule is None:
@@ -59,27 +58,30 @@ def op_work(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, Work]]:
 
 
 def estimate(model: onnx.ModelProto, target: Target, *, extra: list[dict[str, Any]] | None = None,
-             params: TimingParams | None = None,
-             works: list[tuple[onnx.NodeProto, Work]] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+             params: TimingParams | None = None, works: list[tuple[onnx.NodeProto, Work]] | None = None,
+             batch: int = 1, program_weights: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-operator cost records and the stage estimate for ``target``, on the faster SRAM plan.
 
     ``extra``: the NPU's own Lower/Unlower passes (``{"name", "op_type", "bytes"}``), which are
-    DMA passes through DRAM rather than graph nodes. ``works``: ``op_work(model)`` already made
-    (a parameter fit re-costs one graph many times)."""
+    DMA passes through DRAM rather than graph nodes. ``works``: ``op_work(model, batch)`` already
+    made (a parameter fit re-costs one graph many times). ``batch``: the program's batch size.
+    ``program_weights``: the weight bytes of every NPU stage of the program, when it has several."""
     params = params or timing_params()
-    works = works if works is not None else op_work(model)
-    fused = fused_into(model, works)
-    compute = [_compute(node, w, fused, target, params) for node, w in works]
-    costed = [_costed(model, works, compute, fused, target, plan, extra or []) for plan in
-              plans(model, works, Shapes(model), target.sram_bytes, fused)]
-    # the faster plan; on a tie the one that spares the DRAM (it then does not slow the other PE)
+    works = works if works is not None else op_work(model, batch)
+    host = passes(model, works)
+    compute = [_compute(k, works, host, target, params) for k in range(len(works))]
+    candidates = plans(model, works, Shapes(model, batch), target.sram_bytes, target.hw.lanes_per_slice, host,
+                       program_weights)
+    costed = [_costed(works, compute, host, target, plan, extra or []) for plan in candidates]
+    # the faster plan; on a tie the first, resident, which spares the DRAM (and so the other PE)
     return min(costed, key=lambda c: (c[1]["npu_cycles"], c[1]["npu_cycles_shared"], c[1]["dram_bytes"]))
 
 
-def _compute(node: onnx.NodeProto, w: Work, fused: dict[str, str], target: Target,
+def _compute(k: int, works: list[tuple[onnx.NodeProto, Work]], host: list[int], target: Target,
              params: TimingParams) -> tuple[float, dict[str, Any]]:
     """One operator's array or vector cycles for the whole job, and what the record says of them."""
-    if w.kind == "free" or node.name in fused:
+    _, w = works[k]
+    if w.kind == "free" or host[k] != k:
         return 0.0, {}
     if w.kind == "mac" and w.gemm is not None:
         arr = mac_cycles(w.gemm, target.slices, target.hw, w.pieces, params.stream_efficiency)
@@ -91,9 +93,8 @@ def _compute(node: onnx.NodeProto, w: Work, fused: dict[str, str], target: Targe
     return float(vector_cycles(w.vector_ops, target.slices, target.hw, params.stream_efficiency) * w.images), {}
 
 
-def _costed(model: onnx.ModelProto, works: list[tuple[onnx.NodeProto, Work]],
-            compute: list[tuple[float, dict[str, Any]]], fused: dict[str, str], target: Target, sram: SramPlan,
-            extra: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _costed(works: list[tuple[onnx.NodeProto, Work]], compute: list[tuple[float, dict[str, Any]]], host: list[int],
+            target: Target, sram: SramPlan, extra: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     hw = target.hw
     rate = hw.dram_bytes_per_s / hw.clock_hz  # bytes per cycle
     peak = target.macs_per_cycle
@@ -103,11 +104,13 @@ def _costed(model: onnx.ModelProto, works: list[tuple[onnx.NodeProto, Work]],
     for k, ((node, w), (cycles_compute, info)) in enumerate(zip(works, compute)):
         record: dict[str, Any] = {"name": node.name, "op_type": node.op_type, "macs": w.macs,
                                   "vector_ops": w.vector_ops * w.images, "weight_bytes": w.weight_bytes}
-        if w.kind == "free" or node.name in fused:
+        if w.kind == "free" or host[k] != k:
+            fused = host[k] != k
             record.update(dram_bytes=0, cycles=0.0, compute_cycles=0.0, memory_cycles=0.0, array_fill=1.0,
-                          bound="fused" if node.name in fused else "folded")
-            if node.name in fused:
-                record.update(fused_into=fused[node.name], note=f"fused into {fused[node.name]}'s vector stage")
+                          bound="fused" if fused else "folded")
+            if fused:
+                into = works[host[k]][0].name
+                record.update(fused_into=into, note=f"fused into {into}'s vector stage")
             ops.append(record)
             continue
         spilled = sram.spill[k] * w.images

@@ -147,13 +147,16 @@ def test_the_cache_key_covers_the_compiler_source(monkeypatch: pytest.MonkeyPatc
     assert cache_key(CONV, CompileOptions()) != before
 
 
-def test_the_compiler_digest_hashes_the_compiler_package_and_the_program_format() -> None:
-    files = sorted((ROOT / "compiler_svc").rglob("*.py")) + [ROOT / "services" / "program.py"]
+def test_the_compiler_digest_hashes_the_compiler_the_cost_model_and_what_a_program_holds() -> None:
+    services = ROOT / "services"
+    files = (sorted((ROOT / "compiler_svc").rglob("*.py")) + sorted((services / "cost").rglob("*.py"))
+             + [services / n for n in ("program.py", "layout.py", "hw.py", "timing.py")])
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     assert compiler_digest() == h.hexdigest()
     assert any(f.parent.name == "partition" for f in files)  # subpackages too
+    assert any(f.name == "array.py" for f in files)  # a change to the cost model is a new key
     compiler_digest()
     assert compiler_digest.cache_info().currsize == 1  # computed once per process
 
