@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-all bench lint clean
 
-$(STAMP): pyproject.toml setup.py client/ops/_simd.c services/_lane.c
+$(STAMP): pyproject.toml setup.py client/ops/_simd.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,torch]'
 	touch $(STAMP)

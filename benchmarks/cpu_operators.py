@@ -20,7 +20,7 @@ load and cache state; each figure is the best of the repetitions after a warm-up
 noisy: the best is the least disturbed run), with the median alongside in the JSON.
 
 The operators run their compiled kernels (``client/ops/_simd.c``) where the install built them,
-and the report says so; without them, their onnxruntime/numpy fallbacks.
+and the report says so; without them, their numpy fallbacks.
 
 The goals (from the issue): Quantize ≤ 200 µs, QuantizeUint8 ≤ 1.5× memcpy, Lower and Unlower
 ≤ 2× memcpy, Dequantize ≤ 2× memcpy. S1's headline: the uint8 path against a memcpy of the uint8
@@ -182,7 +182,7 @@ def report(r: dict[str, Any]) -> None:
           f"bytes (its input; its output too when the size differs)")
     k = c["compiled_kernels"]
     print("kernels: " + ("compiled, AVX2" if k and k.get("avx2") else "compiled, portable C" if k is not None
-                         else "onnxruntime/numpy fallback (the compiled extension is not built here)"))
+                         else "numpy fallback (the compiled extension is not built here)"))
     print(f"{'operator':14s} {'input':>24s} {'output':>24s} {'best':>8s} {'memcpy':>8s} {'×':>6s} "
           f"{'memcpy out':>10s} {'×':>6s}")
     for label, o in r["operators"].items():

@@ -4,13 +4,6 @@ A RUN is answered at the later of two instants: when the emulated PE finishes th
 (its timeline) and when onnxruntime has really computed the outputs. When the host is the
 later one the job is *host-bound*: the wall clock then no longer matches the chip, so the
 daemon counts it and marks it in the reply and the trace.
-
-In timing-only mode, once a session's RUN has been decoded and checked, the same request
-again (the same header but for its id: same session, stage and tensor shapes, no trace) is
-*routed*: the serving loop's compiled lane hands it straight to :meth:`DaemonService._routed`,
-which schedules it like any other and answers with a RESULT built from prepared parts, byte
-for byte what the decode → handler → encode path sends. That is what lets one daemon keep up
-with tens of thousands of tiny jobs a second (benchmarks/daemon_capacity.py).
 """
 
 from __future__ import annotations
@@ -49,10 +42,7 @@ from services.protocol import (
     Kind,
     Message,
     error_message,
-    reply_parts,
-    route_key,
 )
-from services.lane import Outputs
 from services.server import Request, Service
 from services.timing import CORES, DeviceClock, JobTimes, StageTiming
 
@@ -61,9 +51,6 @@ __all__ = ["DaemonService", "DaemonOptions"]
 log = logging.getLogger("npusim.daemon")
 
 TARGET_PE = {"warboy": ("pe0", "pe1"), "warboy-2pe": ("pe0-1",)}
-ROUTES_PER_SESSION = 16
-"""Distinct RUN headers routed per session: one per stage is the usual case; a client varying its
-bodies would otherwise fill the loop's table (services.server.MAX_ROUTES) for every session."""
 
 
 def stage_costs(program: Program, hw: Hardware, time_scale: float = 1.0) -> list[StageTiming]:
@@ -101,19 +88,6 @@ class OpenSession:
     outstanding: int = 0
     jobs: int = 0
     host_bound: int = 0
-    routes: list[bytes] = field(default_factory=list)  # the loop's route keys of this session's RUNs
-    replies: dict[int, tuple[bytes, bytes, Outputs]] = field(default_factory=dict)  # RESULT parts by stage
-
-
-@dataclass(slots=True)
-class _Route:
-    """A session's repeated RUN of one stage, answered without decoding it (timing-only mode)."""
-
-    session: OpenSession
-    stage: int
-    head: bytes  # the RESULT's header around its id and body (protocol.reply_parts)
-    tail: bytes
-    outputs: Outputs  # the zero-filled outputs, prepared once
 
 
 class DaemonService(Service):
@@ -237,8 +211,6 @@ class DaemonService(Service):
         s = self.sessions.pop(handle, None)
         if s is None:
             return
-        for key in s.routes:
-            self.routes.pop(key, None)
         for c in CORES[s.pe]:
             if self.owner[c] == handle:
                 self.owner[c] = None
@@ -291,74 +263,37 @@ class DaemonService(Service):
         job = _Job(req, s, stage, times)
         s.outstanding += 1
         s.jobs += 1
-        if ex.timing_only and req.msg.traceparent is None:
-            self._add_route(req, s, stage)
         # Timing-only outputs are ready at once, so their jobs' replies stay in FIFO order inline.
         if ex.cheap and (ex.timing_only or s.outstanding == 1):
-            outs, ready = ex.timed(stage, inputs)
+            try:
+                outs, ready = ex.timed(stage, inputs)
+            except Exception as e:  # noqa: BLE001 - the job failed: it no longer holds a queue slot
+                s.outstanding -= 1
+                raise self._execution_error(s, e) from e
             self._complete(job, outs, ready)
             return None
 
         def done(fut: cf.Future[tuple[list[np.ndarray], int]]) -> None:
             self.call_soon_threadsafe(lambda: self._complete_future(job, fut))
 
-        ex.submit(stage, inputs, done)
+        try:
+            ex.submit(stage, inputs, done)
+        except Exception as e:  # noqa: BLE001
+            s.outstanding -= 1
+            raise self._execution_error(s, e) from e
         return None
+
+    def _execution_error(self, s: OpenSession, e: BaseException) -> NpusimError:
+        """What a requester is told when its job's execution fails."""
+        if isinstance(e, NpusimError):
+            return e
+        log.error("%s: NPU execution failed", self.name, exc_info=e)
+        return DeviceError(f"NPU execution on {self.name}{s.pe} failed ({type(e).__name__}: {e}); see the daemon's log")
 
     def _admit(self, s: OpenSession) -> None:
         if s.outstanding >= self.options.queue_limit:
             raise QueueFull(f"{self.name}{s.pe} already has {s.outstanding} jobs queued (limit "
                             f"{self.options.queue_limit}); wait for results before submitting more")
-
-    def _add_route(self, req: Request, s: OpenSession, stage: int) -> None:
-        """Route this RUN's header, once its request has passed every check of the full path."""
-        if not self.can_route() or len(s.routes) >= ROUTES_PER_SESSION:
-            return
-        key = route_key(req.frames[0])
-        if key is None or key in self.routes:
-            return
-        if stage not in s.replies:  # made once per stage, shared by the stage's routes
-            assert s.executor is not None
-            head, tail, frames = reply_parts(Kind.RESULT, list(zip(s.outputs[stage], s.executor.stages[stage].zeros)))
-            s.replies[stage] = head, tail, Outputs(frames)
-        route = _Route(s, stage, *s.replies[stage])
-        sizes = tuple(a.nbytes for _, a in req.msg.tensors)
-        if self.add_route(key, lambda rid, peer, received: self._routed(route, rid, peer, received), sizes):
-            s.routes.append(key)
-
-    def _routed(self, route: _Route, rid: int, peer: bytes, received: int) -> None:
-        """A routed RUN: what :meth:`_run` does for a timing-only job, without a Message; like any
-        handler's, its errors are answered."""
-        stats, s = self.stats, route.session
-        stats.received += 1
-        stats.by_kind["RUN"] = stats.by_kind.get("RUN", 0) + 1
-        try:
-            self._admit(s)
-            s.last_seen = received / 1e9
-            times = self.clock.schedule(s.pe, received, s.costs[route.stage])
-            s.outstanding += 1
-            s.jobs += 1
-        except Exception as e:  # noqa: BLE001 - report, never die (as Service._dispatch)
-            stats.handler_errors += 1
-            if not isinstance(e, NpusimError):
-                log.exception("%s: a routed RUN failed", self.name)
-            self._send(peer, error_message(rid, e))
-            return
-        ready = time.monotonic_ns()  # the zero-filled outputs are ready now
-        if times.end > ready:
-            self.call_at(times.end, lambda: self._routed_reply(route, rid, peer, times, ready))
-        else:
-            self._routed_reply(route, rid, peer, times, ready)
-
-    def _routed_reply(self, route: _Route, rid: int, peer: bytes, times: JobTimes, ready: int) -> None:
-        s = route.session
-        s.outstanding -= 1
-        try:
-            body = {"timing": self._timing(s, route.stage, times, ready)}
-            self.send_reply(peer, rid, route.head, route.tail, body, route.outputs)
-        except Exception as e:  # noqa: BLE001 - whatever goes wrong here, the requester still gets an answer
-            log.exception("%s: building a RESULT failed", self.name)
-            self._send(peer, error_message(rid, e))
 
     def _timing(self, s: OpenSession, stage: int, times: JobTimes, ready: int) -> dict[str, Any]:
         """Count a finished job (host-bound or not, the PE's counters) and give its RESULT timing."""
@@ -374,12 +309,7 @@ class DaemonService(Service):
         if fut.cancelled():
             err = SessionClosed("the session was closed while this job was queued")
         elif (e := fut.exception()) is not None:
-            if isinstance(e, NpusimError):
-                err = e
-            else:
-                log.error("%s: NPU execution failed", self.name, exc_info=e)
-                err = DeviceError(f"NPU execution on {self.name}{job.session.pe} failed ({type(e).__name__}: {e}); "
-                                  "see the daemon's log")
+            err = self._execution_error(job.session, e)
         if err is not None:
             job.session.outstanding -= 1
             self.reply(job.req, error_message(job.req.msg.id, err))

@@ -23,7 +23,6 @@ __all__ = [
     "ENV_MAX_MESSAGE",
     "ENV_CURVE_DIR",
     "ENV_NO_EMBED",
-    "ENV_LANE",
     "env_float",
     "env_int",
     "run_dir",
@@ -43,8 +42,6 @@ ENV_CURVE_DIR = "NPUSIM_CURVE_DIR"
 """Directory with CURVE keys (see ``npusim keys``); required to bind beyond loopback."""
 ENV_NO_EMBED = "NPUSIM_NO_EMBED"
 """Set to 1 to make the client fail instead of starting a private stack."""
-ENV_LANE = "NPUSIM_LANE"
-"""Set to 0 to make services read and answer through pyzmq alone (see ``services/lane.py``)."""
 
 DEFAULT_TIMEOUT_S = 30.0
 

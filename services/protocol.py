@@ -38,8 +38,6 @@ __all__ = [
     "decode",
     "error_message",
     "peek_id",
-    "reply_parts",
-    "route_key",
     "DTYPES",
     "HEARTBEAT_INTERVAL_S",
     "HEARTBEAT_LIVENESS",
@@ -257,34 +255,6 @@ def _repeat_key(head: memoryview) -> tuple[int, bytes] | None:
         return None
     end = _ID_AT + 1 + width
     return int.from_bytes(h[_ID_AT + 1:end], "big"), h[6:7] + h[end:]
-
-
-def route_key(header: Any) -> bytes | None:
-    """The key a :class:`services._lane.Lane` routes a RUN or JOB request by: its header without
-    the id, as :func:`decode` keys its repeats. Only for a header laid out the way :func:`encode`
-    writes it, with the six keys once each and no trace context, so that every header with these
-    bytes but for the id decodes to the same message. None for any other."""
-    buf = _as_buffer(header)
-    key = _repeat_key(buf)
-    if key is None:
-        return None
-    try:
-        h = msgpack.unpackb(buf, raw=False, strict_map_key=True)
-    except Exception:  # noqa: BLE001 - not a header decode() accepts: no route
-        return None
-    if not (isinstance(h, dict) and _canonical(h) and h["tp"] is None):
-        return None
-    return key[1]
-
-
-def reply_parts(kind: Kind, tensors: list[tuple[str, np.ndarray]]) -> tuple[bytes, bytes, list[Any]]:
-    """``(head, tail, frames)`` such that ``head + packb(id) + tail + packb(body)`` and ``frames``
-    are what :func:`encode` writes for ``Message(kind, id, body, tensors)`` without a trace
-    context: a reply built without encode() (services/_lane.c) is byte for byte the same."""
-    header, *frames = encode(Message(kind, 0, {}, tensors))
-    if header[:_ID_AT] != _HEAD + bytes([kind]) + b"\xa2id" or header[_ID_AT] != 0 or header[-1:] != b"\x80":
-        raise AssertionError("encode() no longer writes v, k, id first and the body last")
-    return header[:_ID_AT], header[_ID_AT + 1:-1], frames
 
 
 def _view(spec: _Spec3, buf: memoryview) -> tuple[str, np.ndarray]:

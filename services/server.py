@@ -2,10 +2,8 @@
 
 The loop waits on the socket's file descriptor with ``select`` so timers fire with
 microsecond resolution (``zmq_poll`` rounds to milliseconds, too coarse for an emulated
-NPU job of a few hundred microseconds). It reads the socket through the compiled lane
-(services/lane.py) where it can: a request that repeats a header a handler registered as a
-*route* goes straight to the route's callable, undecoded, and its reply can be sent without
-building a Message; every other message takes the decode → handler → encode path.
+NPU job of a few hundred microseconds). Every message takes one path: decode → handler →
+encode.
 
 Handlers run on the loop thread; slow work (a compile, an onnxruntime run) goes to a thread
 that hands its reply back through :meth:`Service.reply`, which is thread-safe. A message that
@@ -31,10 +29,8 @@ import zmq
 
 from services import __version__
 from services.errors import NpusimError, ProtocolError, ServiceError
-from services.lane import Outputs, SocketError, open_lane
 from services.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    MAX_HEADER_BYTES,
     Kind,
     Message,
     decode,
@@ -75,9 +71,6 @@ class _Stats:
 
 
 Handler = Callable[[Request], Message | None]
-RouteFn = Callable[[int, bytes, int], None]
-"""A route's callable: (request id, peer, received_ns); it answers (or schedules the answer) itself."""
-MAX_ROUTES = 1024
 
 
 class Service:
@@ -108,8 +101,6 @@ class Service:
         self._close_lock = threading.Lock()  # orders late cross-thread calls against shutdown
         self.orphaned = False
         self._loop_ident: int | None = None  # threading.get_ident() of the loop thread
-        self.lane: Any = None  # the compiled path, opened by the loop (None: pyzmq serves)
-        self.routes: dict[bytes, tuple[RouteFn, tuple[int, ...]]] = {}
 
     # -- what subclasses provide -------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -157,34 +148,11 @@ class Service:
         """Run ``fn`` on the loop thread at ``time.monotonic_ns() >= when_ns``."""
         heapq.heappush(self._timers, (when_ns, next(self._seq), fn))
 
-    def can_route(self) -> bool:
-        """Whether :meth:`add_route` would take another route (a lane serves, the table has room)."""
-        return self.lane is not None and len(self.routes) < MAX_ROUTES
-
-    def add_route(self, key: bytes, fn: RouteFn, sizes: tuple[int, ...]) -> bool:
-        """Send requests whose header is ``key`` (see :func:`services.protocol.route_key`) with
-        tensor frames of ``sizes`` bytes to ``fn``, undecoded. Only with a lane, and at most
-        MAX_ROUTES; False when not added (the requests then keep taking the handler's path)."""
-        if not self.can_route():
-            return False
-        self.routes[key] = (fn, sizes)
-        return True
-
-    def send_reply(self, peer: bytes, rid: int, head: bytes, tail: bytes, body: dict[str, Any],
-                   outputs: Outputs | None) -> None:
-        """Send a reply from its parts (:func:`services.protocol.reply_parts`) through the lane,
-        without building a Message; loop thread only, and only while a lane serves."""
-        if self.lane.send(peer, head, rid, tail, body, outputs):
-            self.stats.replied += 1
-        else:
-            self.stats.undeliverable += 1
-
     def serve_forever(self) -> None:
         self._loop_ident = threading.get_ident()
         fd = self.sock.getsockopt(zmq.FD)
         next_tick = time.monotonic()
         try:
-            self.lane = open_lane(self.sock)
             while not self._stopping.is_set():
                 busy = self._drain_socket()
                 while self._calls:
@@ -216,8 +184,6 @@ class Service:
             with self._close_lock:
                 self._closed = True
             self._flush_outbox()
-            self.routes.clear()
-            self.lane = None  # before the socket it points to closes
             self.sock.close(linger=1000)
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -250,18 +216,6 @@ class Service:
 
     def _drain_socket(self, budget: int = 64) -> bool:
         """Handle up to ``budget`` messages; True if more may be waiting."""
-        if self.lane is not None:
-            t0 = time.perf_counter_ns()
-            try:
-                return bool(self.lane.drain(budget, self._timers, self.routes, self.max_message_bytes,
-                                            MAX_HEADER_BYTES, self._dispatch))
-            except SocketError:
-                raise  # the socket itself failed (its context terminated): as pyzmq's ZMQError, it ends the loop
-            except Exception:  # noqa: BLE001 - whatever one message does, the service lives on
-                log.exception("%s: unexpected error handling a message", self.name)
-                return True
-            finally:
-                self.stats.busy_ns += time.perf_counter_ns() - t0
         sock = self.sock
         for _ in range(budget):
             try:
@@ -336,7 +290,6 @@ class Service:
             "endpoint": self.endpoint,
             "uptime_s": time.time() - self.started,
             "max_message_bytes": self.max_message_bytes,
-            "lane": self.lane is not None,  # served through services/_lane.c, not pyzmq alone
         }
         body.update(self.info())
         return req.msg.reply(Kind.HEALTH_OK, body)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 
 import client.ops._native as _native
-from client.ops._ort import swap_axes_chain
 from client.ops._transpose import to_planar
 from client.ops.base import CpuOperator
 from services import layout
@@ -14,8 +13,8 @@ def _lower_nhwc(x: np.ndarray, pad_value: float) -> np.ndarray:
 
     Same result as ``layout.lower``, whose transposed copy steps through the interleaved channels
     one byte at a time (≈10× a memcpy for an RGB image). Bytes go through the compiled kernel
-    (shuffles, padding in the same pass: ≈1.5× a memcpy); without it, through two wide
-    onnxruntime transposes (``_transpose``, ≈5×).
+    (shuffles, padding in the same pass: ≈1.5× a memcpy); without it, through numpy's strided
+    copy (``_transpose``, ≈10×).
     """
     n, h, w, c = x.shape
     wp = layout.padded(w)
@@ -40,10 +39,6 @@ class Lower(CpuOperator):
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return dtype, layout.lowered_shape(shape, self.attrs["axes"])
-
-    def warm(self) -> None:
-        if self.attrs["axes"] == "NHWC" and _native.available() is None:
-            swap_axes_chain()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         value = self.attrs.get("value", 0)

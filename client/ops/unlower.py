@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 
 import client.ops._native as _native
-from client.ops._ort import swap_axes_chain
 from client.ops._transpose import to_interleaved
 from client.ops.base import CpuOperator
 from services import layout
@@ -14,7 +13,7 @@ def _unlower_nhwc(y: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarray
 
     Same result as ``layout.unlower``, whose transposed copy runs an inner loop of length C
     (≈35× a memcpy for an RGB image). Bytes go through the compiled kernel (≈1.5× a memcpy);
-    without it, through two wide onnxruntime transposes (``_transpose``, ≈5×).
+    without it, through numpy's per-channel copies (``_transpose``).
     """
     n, h, w, c = shape
     if y.shape != (n, h, c, layout.padded(w)):
@@ -32,10 +31,6 @@ class Unlower(CpuOperator):
 
     def infer(self, dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
         return dtype, tuple(self.attrs["shape"])
-
-    def warm(self) -> None:
-        if self.attrs["axes"] == "NHWC" and _native.available() is None:
-            swap_axes_chain()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         shape = tuple(self.attrs["shape"])

@@ -12,7 +12,7 @@ from client.ops import _native
 @pytest.fixture(params=["native", "portable", "fallback"])
 def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """native: the compiled kernels as this CPU picks them; portable: their plain C versions
-    (AVX2 off); fallback: without the extension (onnxruntime and numpy)."""
+    (AVX2 off); fallback: without the extension (numpy)."""
     simd = _native._simd
     if request.param == "fallback":
         monkeypatch.setattr(_native, "_simd", None)

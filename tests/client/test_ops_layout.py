@@ -124,25 +124,18 @@ def test_lower_pads_with_the_value_the_dtype_holds(value: float) -> None:
 
 
 def test_the_image_sized_tensors_take_the_compiled_kernels(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if kernels == "fallback":
-        pytest.skip("the fallback's own test is the next one")
-    monkeypatch.setattr(_transpose, "_run_chain", lambda *a: pytest.fail("took the onnxruntime chain"))
+    """So the equalities above cover the compiled kernels; without them, numpy's copies serve."""
+    calls: list[str] = []
+    for name in ("to_planar", "to_interleaved"):
+        real = getattr(_transpose, name)
+        monkeypatch.setattr(_transpose, name, lambda x, *a, real=real, name=name: calls.append(name) or real(x, *a))
+    from client.ops import lower, unlower
+    monkeypatch.setattr(lower, "to_planar", _transpose.to_planar)
+    monkeypatch.setattr(unlower, "to_interleaved", _transpose.to_interleaved)
     x = _data((1, 640, 640, 3), np.int8)
     lowered = load_op("Lower", {"axes": "NHWC"}).run(x)
     assert np.array_equal(load_op("Unlower", {"axes": "NHWC", "shape": [1, 640, 640, 3]}).run(lowered), x)
-
-
-def test_the_image_sized_tensors_take_the_onnxruntime_chain(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the compiled kernels: so the equalities above cover the chain, not only numpy's copy."""
-    if kernels != "fallback":
-        pytest.skip("the compiled kernels serve these")
-    calls: list[tuple[int, ...]] = []
-    real = _transpose._run_chain
-    monkeypatch.setattr(_transpose, "_run_chain", lambda x, s1, s2: calls.append(s1) or real(x, s1, s2))
-    x = _data((1, 640, 640, 3), np.int8)
-    lowered = load_op("Lower", {"axes": "NHWC"}).run(x)
-    load_op("Unlower", {"axes": "NHWC", "shape": [1, 640, 640, 3]}).run(lowered)
-    assert len(calls) == 2
+    assert calls == ([] if kernels != "fallback" else ["to_planar", "to_interleaved"])
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 640, 100), (2, 5, 7), (4,), (1, 3, 0, 100), (2, 3, 32), (1, 2, 3, 33)])
