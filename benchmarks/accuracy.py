@@ -35,8 +35,8 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize  # noqa: E402
-from services.zoo import build, sample_inputs  # noqa: E402
+from npusim.compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize  # noqa: E402
+from npusim.services.zoo import build, sample_inputs  # noqa: E402
 from tests.programs import run_program  # noqa: E402
 
 MODELS = ("resnet50", "mobilenet_v2")
@@ -162,7 +162,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## What is measured",
         "",
-        f"- **Models**: {models} from `services.zoo` — deterministic random weights whose BatchNorm "
+        f"- **Models**: {models} from `npusim.services.zoo` — deterministic random weights whose BatchNorm "
         "statistics and classifier heads are calibrated on image-like inputs, not trained networks; "
         "1000 logits each, input 1×3×224×224 (ImageNet-normalised image-like samples).",
         f"- **Calibration**: {cfg['calibration_samples']} samples of `sample_inputs(model, n, "

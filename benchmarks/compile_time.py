@@ -1,7 +1,7 @@
 """Compile time of a float model, stage by stage, next to onnxruntime's own static quantisation.
 
-On ResNet-50 v1.5 (``services.zoo.resnet50()``, ≈4.1 GMAC) with the same calibration samples
-(``services.zoo.sample_inputs``), in the same run:
+On ResNet-50 v1.5 (``npusim.services.zoo.resnet50()``, ≈4.1 GMAC) with the same calibration samples
+(``npusim.services.zoo.sample_inputs``), in the same run:
 
 - npusim's compile path, each stage timed: ``optimize_model`` → ``Calibrator(MIN_MAX_ASYM)``
   (``collect_data`` + ``compute_range``) → ``quantize`` → ``compile`` (partition + cost; the cost
@@ -54,16 +54,16 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import compiler_svc.partition as _partition  # noqa: E402
-from compiler_svc import (  # noqa: E402
+import npusim.compiler_svc.partition as _partition  # noqa: E402
+from npusim.compiler_svc import (  # noqa: E402
     CalibrationMethod,
     Calibrator,
     get_pure_input_names,
     optimize_model,
     quantize,
 )
-from compiler_svc import compile as npu_compile  # noqa: E402
-from services import zoo  # noqa: E402
+from npusim.compiler_svc import compile as npu_compile  # noqa: E402
+from npusim.services import zoo  # noqa: E402
 
 GOAL_TOTAL_S = 30.0
 GOAL_CALIBRATION_RATIO = 1.0

@@ -1,6 +1,6 @@
 """The host (CPU) operators' speed, each next to a plain memcpy of the same bytes, and S1's figure.
 
-Every operator is the class the worker runs (``client.ops.load_op(name, attrs).run(x)``, with its
+Every operator is the class the worker runs (``npusim.client.ops.load_op(name, attrs).run(x)``, with its
 output check, outside any trace), on the tensors of a 1×3×640×640 (YOLOX-L sized) model:
 
 - Quantize       float32 → int8, the input of a model quantised with_quantize=True;
@@ -44,9 +44,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.ops import _native, load_op  # noqa: E402
-from services import layout  # noqa: E402
-from services.zoo.inputs import image_batch  # noqa: E402
+from npusim.client.ops import _native, load_op  # noqa: E402
+from npusim.services import layout  # noqa: E402
+from npusim.services.zoo.inputs import image_batch  # noqa: E402
 
 SHAPE = (1, 3, 640, 640)
 PAD_SHAPE = (1, 3, 640, 100)

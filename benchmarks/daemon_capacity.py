@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _echo import echo  # noqa: E402
 
-from services import launch  # noqa: E402
-from services.program import NpuStage, NpuStep, Program, TensorSpec  # noqa: E402
-from services.protocol import Kind, Message, decode, encode  # noqa: E402
-from services.rpc import Peer  # noqa: E402
-from services.zoo import identity  # noqa: E402
+from npusim.services import launch  # noqa: E402
+from npusim.services.program import NpuStage, NpuStep, Program, TensorSpec  # noqa: E402
+from npusim.services.protocol import Kind, Message, decode, encode  # noqa: E402
+from npusim.services.rpc import Peer  # noqa: E402
+from npusim.services.zoo import identity  # noqa: E402
 
 GOAL_JOBS_PER_S = 10_000
 GOAL_JITTER = 1.01
@@ -220,7 +220,7 @@ def _profiled_daemon(endpoint: str, out: str, ready: Any) -> None:
     import cProfile
     import signal
 
-    from npu_daemon.server import DaemonOptions, DaemonService
+    from npusim.npu_daemon.server import DaemonOptions, DaemonService
 
     svc = DaemonService("npu9", endpoint, options=DaemonOptions(timing_only=True, time_scale=0.0, queue_limit=100000))
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())

@@ -1,6 +1,6 @@
 """Fidelity of the timing model: the fit on ResNet-50, its residuals, and what it predicts.
 
-The timing model (docs/timing-model.md) has two free parameters (``services.hw.TimingParams``):
+The timing model (docs/timing-model.md) has two free parameters (``npusim.services.hw.TimingParams``):
 the rate a slice streams operands in a fold's steady state (``stream_efficiency``) and the
 runtime's per-query overhead on the host (``runtime_overhead_ns``). Everything else is a
 constant of the spec sheet or another cited source. research/hardware.md publishes three
@@ -13,7 +13,7 @@ host operator in the timed path); the fit uses two and predicts the third:
 - predicted: MultiStream, fused ``pe0-1``, 8 samples per query: p50 3.912 ms.
 
 MNIST's NPU time (≈ 10.9 µs in the SDK's profile) is a prediction too. The predictions come
-from ``compiler_svc.estimate.estimate_program`` — the engine the daemon schedules with — on
+from ``npusim.compiler_svc.estimate.estimate_program`` — the engine the daemon schedules with — on
 the programs ``compile()`` makes. Also here, all without the held-out figures:
 
 - microbenchmarks: single Conv/GEMM layers, compiled, against SCALE-Sim's weight-stationary
@@ -50,12 +50,12 @@ from onnx import TensorProto, helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize  # noqa: E402
-from compiler_svc.estimate import estimate_program  # noqa: E402
-from services import zoo  # noqa: E402
-from services.cost import recost_stage  # noqa: E402
-from services.hw import FITTED, WARBOY, TimingParams, target, timing_params  # noqa: E402
-from services.program import Program  # noqa: E402
+from npusim.compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize  # noqa: E402
+from npusim.compiler_svc.estimate import estimate_program  # noqa: E402
+from npusim.services import zoo  # noqa: E402
+from npusim.services.cost import recost_stage  # noqa: E402
+from npusim.services.hw import FITTED, WARBOY, TimingParams, target, timing_params  # noqa: E402
+from npusim.services.program import Program  # noqa: E402
 
 PUBLISHED = {"fused_latency_us": 711.8, "offline_per_s": 2758.44, "multistream_us": 3912.0, "mnist_npu_us": 10.9}
 FIT_ON = ("offline_per_s", "fused_latency_us")

@@ -1,6 +1,6 @@
 """Large tensors (seed technique 8, scenario S5): infer an image as patches, and which patch size pays.
 
-A local model — ``services.zoo.denoiser``: five 3×3 convolutions with ReLU and a residual, no
+A local model — ``npusim.services.zoo.denoiser``: five 3×3 convolutions with ReLU and a residual, no
 pooling or stride, so an output pixel depends only on the input within ``halo`` = 5 pixels of
 it — can be run on an image cut into overlapping patches and the patch interiors stitched back
 (``tests/scenarios/test_s5_patching.py`` checks that this equals whole-image inference in the
@@ -12,7 +12,7 @@ activations from DRAM. This sweep finds the size in between.
 
 For every patch size and for the whole image (the reference, measured in the same run), from
 the compiler's cost model (each program's stage estimate) and the daemon's timing engine
-(``services.timing``) — the figures ``npusim estimate`` prints for one program:
+(``npusim.services.timing``) — the figures ``npusim estimate`` prints for one program:
 
 - per patch: MACs, NPU time (execution incl. the job overhead; of it, MAC-array compute), DMA
   (host→device and device→host over PCIe) time and bytes, NPU/DMA ratio, whether it fits SRAM;
@@ -54,14 +54,14 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize  # noqa: E402
-from services import launch  # noqa: E402
-from services.program import Program  # noqa: E402
-from services.protocol import Kind, Message, decode, encode  # noqa: E402
-from services.rpc import Peer  # noqa: E402
-from services.timing import DeviceClock, StageTiming, throughput  # noqa: E402
-from services.zoo import denoiser, sample_inputs  # noqa: E402
-from services.zoo.denoiser import receptive_radius  # noqa: E402
+from npusim.compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize  # noqa: E402
+from npusim.services import launch  # noqa: E402
+from npusim.services.program import Program  # noqa: E402
+from npusim.services.protocol import Kind, Message, decode, encode  # noqa: E402
+from npusim.services.rpc import Peer  # noqa: E402
+from npusim.services.timing import DeviceClock, StageTiming, throughput  # noqa: E402
+from npusim.services.zoo import denoiser, sample_inputs  # noqa: E402
+from npusim.services.zoo.denoiser import receptive_radius  # noqa: E402
 
 DEPTH = 5
 HALO = receptive_radius(DEPTH)

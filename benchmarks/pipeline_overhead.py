@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _echo import echo  # noqa: E402
 
-from services import launch  # noqa: E402
-from services.program import NpuStage, NpuStep, Program, TensorSpec  # noqa: E402
-from services.zoo import identity  # noqa: E402
+from npusim.services import launch  # noqa: E402
+from npusim.services.program import NpuStage, NpuStep, Program, TensorSpec  # noqa: E402
+from npusim.services.zoo import identity  # noqa: E402
 
 SIZES = {"150KB": (1, 3, 224, 224), "1.2MB": (1, 3, 640, 640)}
 
@@ -127,7 +127,7 @@ class Chain:
 
 def measure(n: int, shape: tuple[int, ...], echo: RawEcho, tmp: str) -> dict[str, list[float]]:
     """Interleave pipeline requests, raw round trips and chain round trips (same load for all)."""
-    from client import session
+    from npusim.client import session
 
     x = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
     out: dict[str, list[float]] = {"pipeline": [], "raw": [], "chain": []}

@@ -39,9 +39,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.bench import BenchConfig, bench  # noqa: E402
-from services import launch  # noqa: E402
-from services.zoo import small_cnn  # noqa: E402
+from npusim.client.bench import BenchConfig, bench  # noqa: E402
+from npusim.services import launch  # noqa: E402
+from npusim.services.zoo import small_cnn  # noqa: E402
 
 GOAL = 0.90  # of the law, once the NPU saturates
 SIZE = 224

@@ -1,16 +1,16 @@
 """npusim's client library: the runtime API of the SDK, on an emulated NPU.
 
-    from client import session
+    from npusim.client import session
     with session.create("model.onnx") as sess:          # the legacy API the seed uses
         outputs = sess.run(x)
 
     async with create_runner("model.onnx") as runner:   # the current asyncio API
         outputs = await runner.run(x)
 
-``client.sync`` has the blocking twins of ``create_runner`` / ``create_queue``, and
-``client.serving`` the serving framework's ``NuxModel``.
+``npusim.client.sync`` has the blocking twins of ``create_runner`` / ``create_queue``, and
+``npusim.client.serving`` the serving framework's ``NuxModel``.
 
-Names load lazily, so a worker process (``python -m client._worker``) does not pay for the
+Names load lazily, so a worker process (``python -m npusim.client._worker``) does not pay for the
 session machinery it never uses.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from services.errors import (
+from npusim.services.errors import (
     DeviceBusy,
     DeviceNotFound,
     DeviceUnavailable,
@@ -67,25 +67,25 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Session": "client._session",
-    "AsyncSession": "client._session",
-    "CompletionQueue": "client._session",
-    "create": "client._session",
-    "create_async": "client._session",
-    "Runner": "client._runtime",
-    "Submitter": "client._runtime",
-    "Receiver": "client._runtime",
-    "create_runner": "client._runtime",
-    "create_queue": "client._runtime",
-    "Model": "client._model",
-    "Tensor": "client._tensor",
-    "TensorArray": "client._tensor",
-    "profile": "client._profiler",
-    "Profiler": "client._profiler",
-    "RecordFormat": "client._profiler",
-    "Resource": "client._profiler",
-    "TensorDesc": "client._tensor",
-    "session": "client.session",
+    "Session": "npusim.client._session",
+    "AsyncSession": "npusim.client._session",
+    "CompletionQueue": "npusim.client._session",
+    "create": "npusim.client._session",
+    "create_async": "npusim.client._session",
+    "Runner": "npusim.client._runtime",
+    "Submitter": "npusim.client._runtime",
+    "Receiver": "npusim.client._runtime",
+    "create_runner": "npusim.client._runtime",
+    "create_queue": "npusim.client._runtime",
+    "Model": "npusim.client._model",
+    "Tensor": "npusim.client._tensor",
+    "TensorArray": "npusim.client._tensor",
+    "profile": "npusim.client._profiler",
+    "Profiler": "npusim.client._profiler",
+    "RecordFormat": "npusim.client._profiler",
+    "Resource": "npusim.client._profiler",
+    "TensorDesc": "npusim.client._tensor",
+    "session": "npusim.client.session",
 }
 
 

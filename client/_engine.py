@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from opentelemetry import trace
 
-from client import _heartbeat
-from client._open import (
+from npusim.client import _heartbeat
+from npusim.client._open import (
     Opened,
     close_pe,
     compile_program,
@@ -40,13 +40,13 @@ from client._open import (
     open_pes,
     target_of,
 )
-from client._profiler import Profiler, collecting, deliver, session_profiler
-from client._stack import get_stack
-from client._workers import Target, WorkerPool
-from services import tracing
-from services.config import timeout_s as default_timeout
-from services.devices import parse_devices
-from services.errors import (
+from npusim.client._profiler import Profiler, collecting, deliver, session_profiler
+from npusim.client._stack import get_stack
+from npusim.client._workers import Target, WorkerPool
+from npusim.services import tracing
+from npusim.services.config import timeout_s as default_timeout
+from npusim.services.devices import parse_devices
+from npusim.services.errors import (
     ConfigError,
     DeviceUnavailable,
     NpusimError,
@@ -54,8 +54,8 @@ from services.errors import (
     SessionClosed,
     from_wire,
 )
-from services.program import Program
-from services.protocol import Kind
+from npusim.services.program import Program
+from npusim.services.protocol import Kind
 
 __all__ = ["Engine", "Result", "ENV_DEVICES", "positive_int"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from services.errors import DeviceUnavailable, NpusimError, SessionClosed
-from services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind
-from services.rpc import Peer
+from npusim.services.errors import DeviceUnavailable, NpusimError, SessionClosed
+from npusim.services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind
+from npusim.services.rpc import Peer
 
 __all__ = ["Liveness", "register", "unregister"]
 

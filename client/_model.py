@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from client._tensor import TensorDesc, check_inputs
-from services.errors import InvalidDtype, InvalidInput
-from services.program import Program
+from npusim.client._tensor import TensorDesc, check_inputs
+from npusim.services.errors import InvalidDtype, InvalidInput
+from npusim.services.program import Program
 
 __all__ = ["Model", "Described", "pick_inputs"]
 

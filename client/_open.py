@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from client._profiler import collecting, deliver
-from services import tracing
-from services.config import env_float
-from services.devices import AnyPe, DeviceSpec, NamedPe
-from services.discovery import Stack
-from services.errors import (
+from npusim.client._profiler import collecting, deliver
+from npusim.services import tracing
+from npusim.services.config import env_float
+from npusim.services.devices import AnyPe, DeviceSpec, NamedPe
+from npusim.services.discovery import Stack
+from npusim.services.errors import (
     ConfigError,
     DeviceBusy,
     DeviceNotFound,
@@ -29,10 +29,10 @@ from services.errors import (
     NpusimError,
     ServiceUnavailable,
 )
-from services.modelfile import read_model
-from services.program import Program, is_program
-from services.protocol import Kind
-from services.rpc import Peer
+from npusim.services.modelfile import read_model
+from npusim.services.program import Program, is_program
+from npusim.services.protocol import Kind
+from npusim.services.rpc import Peer
 
 __all__ = ["Opened", "model_bytes", "compile_program", "open_pes", "close_pe", "target_of", "default_device"]
 

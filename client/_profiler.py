@@ -5,7 +5,7 @@ active, each request asks its worker and its device to capture the spans they ma
 and send them back with the result; the profiler merges them with the client's own spans
 (one track per process, one thread per PE) into a Chrome/Perfetto trace file or a CSV, and
 into the SDK's tables (``print_summary``, ``print_npu_executions``, ...; see
-:mod:`client._profiler_tables`). The same spans go to Jaeger when OTLP is configured.
+:mod:`npusim.client._profiler_tables`). The same spans go to Jaeger when OTLP is configured.
 
 ``NPUSIM_PROFILER_OUTPUT_PATH=/path/trace.json`` profiles a program without changing it:
 sessions call :func:`session_profiler`, which shares one profiler per output path and
@@ -28,11 +28,11 @@ from typing import IO, Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from client import _profiler_print as show
-from client import _profiler_tables as tables
-from services import tracing
-from services.chrome_trace import write_chrome_trace
-from services.errors import ConfigError
+from npusim.client import _profiler_print as show
+from npusim.client import _profiler_tables as tables
+from npusim.services import tracing
+from npusim.services.chrome_trace import write_chrome_trace
+from npusim.services.errors import ConfigError
 
 __all__ = [
     "ENV_OUTPUT_PATH",
@@ -192,7 +192,7 @@ class Profiler:
 
     # -- data -----------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
-        """Every span collected, as :func:`services.tracing.to_record` dicts."""
+        """Every span collected, as :func:`npusim.services.tracing.to_record` dicts."""
         with self._convert_lock:  # the sink only grows: convert the spans added since last time
             self._converted.extend(tracing.to_record(s) for s in self._local[len(self._converted):])
             local = list(self._converted)

@@ -1,6 +1,6 @@
 """The profiler's tables: span records → the SDK's DataFrame rows and the ``print_*`` reports.
 
-Pure functions over the records of :func:`services.tracing.to_record`, so each table is
+Pure functions over the records of :func:`npusim.services.tracing.to_record`, so each table is
 tested from synthetic records, without processes. Every time is in integer nanoseconds,
 as in the SDK (``operator_table`` alone keeps its microseconds).
 
@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from services.chrome_trace import category as trace_category
+from npusim.services.chrome_trace import category as trace_category
 
 __all__ = [
     "COLUMNS",

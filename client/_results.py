@@ -1,6 +1,6 @@
 """The receiving end of a blocking queue API: finished jobs in completion order.
 
-Shared by the legacy ``CompletionQueue`` (timeouts in milliseconds) and ``client.sync``'s
+Shared by the legacy ``CompletionQueue`` (timeouts in milliseconds) and ``npusim.client.sync``'s
 ``Receiver`` (seconds). A job is *expected* before it is submitted, so a receiver can tell
 "nothing yet" (wait) from "everything was received and the submitter closed" (the end).
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from client._engine import Engine, Result
-from services.errors import QueueWaitTimeout, SessionClosed, SessionTerminated
+from npusim.client._engine import Engine, Result
+from npusim.services.errors import QueueWaitTimeout, SessionClosed, SessionTerminated
 
 __all__ = ["Results", "InvalidTimeout"]
 

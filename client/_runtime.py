@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from client._engine import Engine
-from client._model import Model, pick_inputs
-from client._results import Results
-from services.errors import QueueFull, SessionClosed, SessionTerminated
+from npusim.client._engine import Engine
+from npusim.client._model import Model, pick_inputs
+from npusim.client._results import Results
+from npusim.services.errors import QueueFull, SessionClosed, SessionTerminated
 
 __all__ = ["Runner", "Submitter", "Receiver", "create_runner", "create_queue"]
 

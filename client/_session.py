@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from client._engine import Engine, Result
-from client._model import Described, Model, pick_inputs
-from client._open import model_bytes
-from client._results import InvalidTimeout, Results
-from client._tensor import TensorArray, tensor_array
-from client._workers import WorkerPool
-from services.errors import SessionClosed, SessionTerminated
-from services.program import Program
+from npusim.client._engine import Engine, Result
+from npusim.client._model import Described, Model, pick_inputs
+from npusim.client._open import model_bytes
+from npusim.client._results import InvalidTimeout, Results
+from npusim.client._tensor import TensorArray, tensor_array
+from npusim.client._workers import WorkerPool
+from npusim.services.errors import SessionClosed, SessionTerminated
+from npusim.services.program import Program
 
 __all__ = ["Session", "AsyncSession", "CompletionQueue", "create", "create_async", "model_bytes"]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.layout import padded
-from services.program import Program, TensorSpec
+from npusim.services.layout import padded
+from npusim.services.program import Program, TensorSpec
 
 __all__ = ["Arena", "Layout", "layout_of", "SHM_DIR", "remove_leftovers"]
 

@@ -18,10 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-from services import launch
-from services.config import ENV_NO_EMBED, run_dir
-from services.discovery import Stack, from_env, from_run_dir
-from services.errors import ServiceUnavailable
+from npusim.services import launch
+from npusim.services.config import ENV_NO_EMBED, run_dir
+from npusim.services.discovery import Stack, from_env, from_run_dir
+from npusim.services.errors import ServiceUnavailable
 
 __all__ = ["get_stack", "shutdown_embedded", "embedded_pids"]
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from services.errors import InvalidDtype, InvalidInput
-from services.program import TensorSpec
+from npusim.services.errors import InvalidDtype, InvalidInput
+from npusim.services.program import TensorSpec
 
 __all__ = ["TensorDesc", "Tensor", "TensorArray", "check_inputs", "tensor_array"]
 

@@ -1,6 +1,6 @@
 """A client worker process: runs a program's steps — host operators, NPU stages on the daemon, CPU steps.
 
-``python -m client._worker`` is started by a session's :class:`~client._workers.WorkerPool`.
+``python -m npusim.client._worker`` is started by a session's :class:`~client._workers.WorkerPool`.
 It connects a DEALER to the session's ROUTER and announces itself with READY; SETUP
 brings the program and the daemon to use; each JOB is handled start to finish (one at a
 time per worker: parallelism comes from having several workers). Anything that goes wrong
@@ -24,14 +24,14 @@ import numpy as np
 import zmq
 from opentelemetry import trace
 
-from client._shm import Arena, layout_of, remove_leftovers
-from client.ops import load_op
-from services import tracing
-from services.errors import DeviceUnavailable, NpusimError, ProtocolError, ServiceError
-from services.program import CpuStep, NpuStep, OpStep, Program
-from services.protocol import Kind, Message, decode, encode, error_message
-from services.rpc import Peer
-from services.sockets import new_socket, recv_frames, send_frames
+from npusim.client._shm import Arena, layout_of, remove_leftovers
+from npusim.client.ops import load_op
+from npusim.services import tracing
+from npusim.services.errors import DeviceUnavailable, NpusimError, ProtocolError, ServiceError
+from npusim.services.program import CpuStep, NpuStep, OpStep, Program
+from npusim.services.protocol import Kind, Message, decode, encode, error_message
+from npusim.services.rpc import Peer
+from npusim.services.sockets import new_socket, recv_frames, send_frames
 
 log = logging.getLogger("npusim.worker")
 
@@ -168,7 +168,7 @@ def _orphaned(endpoint: str, client_pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m client._worker")
+    p = argparse.ArgumentParser(prog="python -m npusim.client._worker")
     p.add_argument("--connect", required=True)
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--parent-pid", type=int, required=True)

@@ -1,12 +1,12 @@
 """A session's worker processes and the ROUTER socket that feeds them.
 
-Workers are separate processes (``python -m client._worker``), not threads, so their CPU
+Workers are separate processes (``python -m npusim.client._worker``), not threads, so their CPU
 operators run outside the caller's interpreter and in parallel with the NPU. Each worker
 announces itself with READY, gets its program and arena with SETUP, then serves one job at
 a time. A worker that dies, or stops answering, is killed and replaced; the job it held
 ends in :class:`~services.errors.WorkerCrashed`.
 
-The pool is driven by one thread (the session's dispatcher, :mod:`client._engine`): it
+The pool is driven by one thread (the session's dispatcher, :mod:`npusim.client._engine`): it
 hands a job to an idle worker with :meth:`WorkerPool.start` and collects what finished
 with :meth:`WorkerPool.poll`, so as many jobs run at once as there are workers.
 """
@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from client._shm import Arena
-from services.errors import NpusimError, ServiceUnavailable, WorkerCrashed, from_wire
-from services.program import Program
-from services.protocol import Kind, Message, decode, encode, error_message
-from services.sockets import new_socket, recv_frames, send_frames
+from npusim.client._shm import Arena
+from npusim.services.errors import NpusimError, ServiceUnavailable, WorkerCrashed, from_wire
+from npusim.services.program import Program
+from npusim.services.protocol import Kind, Message, decode, encode, error_message
+from npusim.services.sockets import new_socket, recv_frames, send_frames
 
 __all__ = ["WorkerPool"]
 
@@ -97,7 +97,7 @@ class WorkerPool:
             raise
 
     def _spawn(self, index: int) -> _Worker:
-        cmd = [sys.executable, "-m", "client._worker", "--connect", self.endpoint, "--index", str(index),
+        cmd = [sys.executable, "-m", "npusim.client._worker", "--connect", self.endpoint, "--index", str(index),
                "--parent-pid", str(os.getpid())]
         return _Worker(index, subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True))
 

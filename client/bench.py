@@ -26,12 +26,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from client._engine import Engine, Result
-from client._open import model_bytes
-from client._profiler import profile
-from services import __version__
-from services.errors import ConfigError
-from services.top import device_rates, sample
+from npusim.client._engine import Engine, Result
+from npusim.client._open import model_bytes
+from npusim.client._profiler import profile
+from npusim.services import __version__
+from npusim.services.errors import ConfigError
+from npusim.services.modelfile import model_source
+from npusim.services.rates import device_rates, sample
 
 __all__ = ["BenchConfig", "bench", "run"]
 
@@ -285,7 +286,7 @@ def run(*, model: str, device: str | None, workers: int, batch: int, workload: s
         if not isinstance(config, dict):
             raise ConfigError(f"{compiler_config} must hold a mapping of compiler_config keys")
     console = Console(stderr=json_out)
-    cfg = BenchConfig(_zoo_or_path(model), device=device, workers=workers, batch=batch, workload=workload,
+    cfg = BenchConfig(model_source(model).data, device=device, workers=workers, batch=batch, workload=workload,
                       duration_s=duration, queries=queries, warmup=warmup, in_flight=in_flight,
                       compiler_config=config)
     res = bench(cfg, trace_file=trace_output, progress=not json_out and console.is_terminal, console=console)
@@ -299,18 +300,3 @@ def run(*, model: str, device: str | None, workers: int, batch: int, workload: s
         console.print(f"wrote {output}")
     if trace_output is not None:
         console.print(f"wrote the Chrome/Perfetto trace {trace_output}")
-
-
-def _zoo_or_path(model: str) -> Any:
-    """A file path, or ``zoo:NAME`` for a built-in model (``zoo:resnet50``, ``zoo:mnist``, ...)."""
-    if model.startswith("zoo:"):
-        from services import zoo
-
-        name = model.removeprefix("zoo:")
-        if name not in zoo.MODELS:
-            raise ConfigError(f"no zoo model {name!r}; known: {', '.join(zoo.MODELS)}")
-        return zoo.build(name)
-    if not Path(model).is_file():
-        raise ConfigError(f"model {model!r} is not a file; pass an .onnx or .enf path, or zoo:NAME "
-                          "(e.g. zoo:resnet50)")
-    return model

@@ -9,10 +9,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from client._profiler import profile
-from client._session import create
-from client._stack import get_stack, shutdown_embedded
-from services.zoo import small_cnn
+from npusim.client._profiler import profile
+from npusim.client._session import create
+from npusim.client._stack import get_stack, shutdown_embedded
+from npusim.services.zoo import small_cnn
 
 __all__ = ["run"]
 

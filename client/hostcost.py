@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from client._worker import _run_graph, _runner
-from services.program import CpuStep, NpuStep, OpStep, Program
+from npusim.client._worker import _run_graph, _runner
+from npusim.services.program import CpuStep, NpuStep, OpStep, Program
 
 __all__ = ["measure_steps"]
 

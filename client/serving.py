@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from client._runtime import Runner, create_runner
-from services.errors import SessionClosed
+from npusim.client._runtime import Runner, create_runner
+from npusim.services.errors import SessionClosed
 
 __all__ = ["NuxModel", "NuxModelConfig", "FuriosaRTModel", "FuriosaRTModelConfig"]
 

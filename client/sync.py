@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from client._engine import Engine
-from client._model import Model, pick_inputs
-from client._results import InvalidTimeout, Results
-from services.errors import SessionClosed, SessionTerminated
+from npusim.client._engine import Engine
+from npusim.client._model import Model, pick_inputs
+from npusim.client._results import InvalidTimeout, Results
+from npusim.services.errors import SessionClosed, SessionTerminated
 
 __all__ = ["Runner", "Submitter", "Receiver", "create_runner", "create_queue"]
 

@@ -2,7 +2,7 @@
 
 The library API follows the SDK's quantiser and compiler::
 
-    from compiler_svc import optimize_model, Calibrator, CalibrationMethod, quantize, compile
+    from npusim.compiler_svc import optimize_model, Calibrator, CalibrationMethod, quantize, compile
     model = optimize_model(onnx.load("model.onnx"))
     cal = Calibrator(model, CalibrationMethod.MIN_MAX_ASYM)
     cal.collect_data([[x] for x in samples])
@@ -12,11 +12,11 @@ The library API follows the SDK's quantiser and compiler::
 It also runs as a ZeroMQ service (``npusim compiler``) with a content-addressed cache.
 """
 
-from compiler_svc.calibrate import CalibrationMethod, Calibrator
-from compiler_svc.editor import ModelEditor, TensorType, get_output_names, get_pure_input_names
-from compiler_svc.passes import optimize_model
-from compiler_svc.pipeline import compile
-from compiler_svc.quantize import quantize
+from npusim.compiler_svc.calibrate import CalibrationMethod, Calibrator
+from npusim.compiler_svc.editor import ModelEditor, TensorType, get_output_names, get_pure_input_names
+from npusim.compiler_svc.passes import optimize_model
+from npusim.compiler_svc.pipeline import compile
+from npusim.compiler_svc.quantize import quantize
 
 __all__ = [
     "CalibrationMethod",

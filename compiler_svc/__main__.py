@@ -1,4 +1,4 @@
-"""``python -m compiler_svc``: the compiler service (what ``npusim up`` spawns)."""
+"""``python -m npusim.compiler_svc``: the compiler service (what ``npusim up`` spawns)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from pathlib import Path
 
 import zmq
 
-from services.errors import NpusimError
+from npusim.services.errors import NpusimError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from compiler_svc.cache import ProgramCache
-    from compiler_svc.server import CompilerService
-    from services.runner import common_args, prepare, serve, service_kwargs
+    from npusim.compiler_svc.cache import ProgramCache
+    from npusim.compiler_svc.server import CompilerService
+    from npusim.services.runner import common_args, prepare, serve, service_kwargs
 
-    p = argparse.ArgumentParser(prog="python -m compiler_svc", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m npusim.compiler_svc", description=__doc__)
     common_args(p, default_name="compiler")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--cache-max-bytes", type=int, default=None)

@@ -1,4 +1,4 @@
-"""Content-addressed program cache: a key (:func:`compiler_svc.pipeline.cache_key`) → .enf bytes.
+"""Content-addressed program cache: a key (:func:`npusim.compiler_svc.pipeline.cache_key`) → .enf bytes.
 
 The key is a sha256 over everything a program depends on — the model bytes, the compile
 options, the npusim/onnx/onnxruntime versions, the hardware and timing constants, the
@@ -19,9 +19,9 @@ import logging
 import os
 from pathlib import Path
 
-from services.config import env_int
-from services.errors import ConfigError
-from services.program import Program
+from npusim.services.config import env_int
+from npusim.services.errors import ConfigError
+from npusim.services.program import Program
 
 __all__ = ["ProgramCache", "compiler_digest", "default_cache_dir"]
 

@@ -12,13 +12,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from compiler_svc.cache import ProgramCache
-from services.cost.memory import sram_summary
-from compiler_svc.pipeline import CompileOptions, Stages, cache_key, compile_model, program_info
-from services.errors import InvalidCompilerConfig, InvalidInput, InvalidModel
-from services.hw import WARBOY
-from services.modelfile import read_model
-from services.program import CpuStep, NpuStep, OpStep, Program, is_program
+from npusim.compiler_svc.cache import ProgramCache
+from npusim.services.cost.memory import sram_summary
+from npusim.compiler_svc.pipeline import CompileOptions, Stages, cache_key, compile_model, program_info
+from npusim.services.errors import InvalidCompilerConfig, InvalidInput, InvalidModel
+from npusim.services.hw import WARBOY
+from npusim.services.modelfile import model_source
+from npusim.services.program import CpuStep, NpuStep, OpStep, Program, is_program
 
 __all__ = ["compile_cmd", "explain", "load_calibration_data", "load_compiler_config"]
 
@@ -103,15 +103,18 @@ def parse_input_shapes(items: list[str]) -> dict[str, list[int]]:
     return shapes
 
 
-def compile_cmd(*, model: Path, output: Path | None, target_npu: str, batch_size: int, compiler_config: Path | None,
-                calibration_method: str, calibration_data: str | None, calibration_samples: int,
-                with_quantize: bool, normalized_pixel_outputs: list[int], no_cache: bool,
+def compile_cmd(*, model: str | Path, output: Path | None, target_npu: str, batch_size: int,
+                compiler_config: Path | None, calibration_method: str, calibration_data: str | None,
+                calibration_samples: int, with_quantize: bool, normalized_pixel_outputs: list[int], no_cache: bool,
                 input_shape: list[str] | None = None) -> Path:
-    data = read_model(model)
+    """``npusim compile``: ``model`` an .onnx path or ``zoo:NAME``; the program goes to ``output``
+    (default: beside the model, or NAME.enf here for a zoo model)."""
+    source = model_source(model)
+    data = source.data
     if is_program(data):
         raise InvalidModel(f"{model} is already compiled (.enf): there is nothing to compile — pass it to "
                            f"session.create or `npusim explain {model}` directly")
-    out = output or model.with_suffix(".enf")
+    out = output or (source.path.with_suffix(".enf") if source.path else Path(f"{source.name}.enf"))
     options = CompileOptions(target_npu=target_npu, batch_size=batch_size,
                              compiler_config=load_compiler_config(compiler_config),
                              calibration_method=calibration_method, calibration_samples=calibration_samples,
@@ -123,7 +126,7 @@ def compile_cmd(*, model: Path, output: Path | None, target_npu: str, batch_size
     if calibration_data not in (None, "random"):
         import onnx
 
-        from compiler_svc.editor import get_pure_input_names
+        from npusim.compiler_svc.editor import get_pure_input_names
 
         samples = load_calibration_data(calibration_data, get_pure_input_names(onnx.load_from_string(data)))
     cache = None if no_cache else ProgramCache()

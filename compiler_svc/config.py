@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.errors import InvalidCompilerConfig
+from npusim.services.errors import InvalidCompilerConfig
 
 __all__ = ["CompilerConfig", "EFFECTIVE", "ACCEPTED"]
 

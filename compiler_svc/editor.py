@@ -3,7 +3,7 @@
 ``convert_input_type(name, TensorType.UINT8)`` is ``with_quantize=False`` for one input and
 ``convert_output_type(name, TensorType.UINT8)`` is ``normalized_pixel_outputs`` for one output
 (``TensorType.INT8`` keeps an output as raw int8, with no Dequantize). The editor records the
-wish in the model's metadata; :func:`compiler_svc.quantize.quantize` carries it out.
+wish in the model's metadata; :func:`npusim.compiler_svc.quantize.quantize` carries it out.
 """
 
 from __future__ import annotations

@@ -3,18 +3,18 @@
 Per operator it shows the cost model's records (compute vs memory cycles, what bounds it, how
 well it fills the MAC array, the DRAM bytes it streams); per program, the NPU and DMA time;
 per PE mode and batch size, the single-stream latency and offline throughput that
-:mod:`services.timing` predicts — the same engine the daemon schedules jobs with, so the
+:mod:`npusim.services.timing` predicts — the same engine the daemon schedules jobs with, so the
 prediction and a timing-only daemon run agree by construction.
 
-A latency is reported end to end for a host profile (:mod:`services.hostprofile`): the
+A latency is reported end to end for a host profile (:mod:`npusim.services.hostprofile`): the
 runtime's per-query overhead + host operators before the NPU + H2D + device + D2H + host
 operators after, each term on its own; ``device_latency_ns`` is the device path alone. The
 default profile, ``mlperf``, is how the chip's published figures were measured.
 
 A float ``.onnx`` is optimised, calibrated on one random sample and quantised *once*
 (quantisation is most of a compile and depends on neither target nor batch), then compiled
-per target and batch with :func:`compiler_svc.pipeline.compile_model`. With ``--hw`` every
-NPU stage is re-costed on a what-if :class:`services.hw.Hardware`: the partition does not
+per target and batch with :func:`npusim.compiler_svc.pipeline.compile_model`. With ``--hw`` every
+NPU stage is re-costed on a what-if :class:`npusim.services.hw.Hardware`: the partition does not
 depend on the hardware, only the cost model and the PCIe transfers do.
 """
 
@@ -28,19 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compiler_svc.calibrate import CalibrationMethod, Calibrator, random_samples
-from compiler_svc.loader import load_model
-from compiler_svc.passes import optimize_model
-from compiler_svc.pipeline import MAX_BATCH, CompileOptions, compile_model
-from compiler_svc.quantize import is_quantized, quantize
-from services.cost import recost_program
-from services.cost.memory import sram_summary
-from services.errors import ConfigError, InvalidInput
-from services.hostprofile import HostProfile, host_profile
-from services.hw import TARGETS, WARBOY, Hardware, TimingParams, timing_params, with_overrides
-from services.modelfile import read_model
-from services.program import NpuStage, NpuStep, Program, is_program
-from services.timing import StageTiming, single_stream, throughput
+from npusim.compiler_svc.calibrate import CalibrationMethod, Calibrator, random_samples
+from npusim.compiler_svc.loader import load_model
+from npusim.compiler_svc.passes import optimize_model
+from npusim.compiler_svc.pipeline import MAX_BATCH, CompileOptions, compile_model
+from npusim.compiler_svc.quantize import is_quantized, quantize
+from npusim.services.cost import recost_program
+from npusim.services.cost.memory import sram_summary
+from npusim.services.errors import ConfigError, InvalidInput
+from npusim.services.hostprofile import HostProfile, host_profile
+from npusim.services.hw import TARGETS, WARBOY, Hardware, TimingParams, timing_params, with_overrides
+from npusim.services.modelfile import model_source
+from npusim.services.program import NpuStage, NpuStep, Program, is_program
+from npusim.services.timing import StageTiming, single_stream, throughput
 
 __all__ = ["CALIBRATION_SAMPLES", "DEFAULT_BATCHES", "MODES", "ProgramEstimate", "compile_programs", "estimate_cmd",
            "estimate_program", "host_terms", "merge", "stage_timing"]
@@ -203,7 +203,7 @@ def _load_program(data: bytes, path: Path, target_npu: str, batch_size: list[int
 
 
 # -- the command ----------------------------------------------------------------------------------
-def estimate_cmd(*, model: Path, target_npu: str = "all", batch_size: list[int] | None = None,
+def estimate_cmd(*, model: str | Path, target_npu: str = "all", batch_size: list[int] | None = None,
                  hw: list[str] | None = None, host: str = "mlperf",
                  step_costs: Callable[[Program], list[float | None]] | None = None,
                  json_out: bool = False) -> dict[str, Any]:
@@ -217,9 +217,10 @@ def estimate_cmd(*, model: Path, target_npu: str = "all", batch_size: list[int] 
     overrides = list(hw or [])
     chip: Hardware = with_overrides(WARBOY, overrides) if overrides else WARBOY  # type: ignore[assignment]
     targets = _targets(target_npu)
-    data = read_model(model)
+    given = model_source(model)
+    data = given.data
     if is_program(data):
-        programs, notes, source = [_load_program(data, model, target_npu, list(batch_size or []))], [], "enf"
+        programs, notes, source = [_load_program(data, Path(model), target_npu, list(batch_size or []))], [], "enf"
     else:
         batches = _batches(list(batch_size or []))
         with contextlib.nullcontext() if json_out else Console(stderr=True).status("estimate …") as status:
@@ -230,7 +231,7 @@ def estimate_cmd(*, model: Path, target_npu: str = "all", batch_size: list[int] 
         notes.append(f"host profile {profile.name}: host operators are outside the timed path, as the published "
                      "figures were measured; --host this times them on this machine")
     report = {
-        "model": str(model), "source": source, "name": programs[0].meta.get("model", model.stem),
+        "model": str(model), "source": source, "name": programs[0].meta.get("model", given.name),
         "hw": dict(_split(o) for o in overrides), "hardware": dataclasses.asdict(chip),
         "timing_params": dataclasses.asdict(timing_params()),
         "host": {"name": profile.name, "description": profile.description,
@@ -295,7 +296,7 @@ def _print(report: dict[str, Any], chip: Hardware) -> None:
             out.print(f"  SRAM: {sram_summary(est)}")
     host = report["host"]
     out.print(f"host profile [bold]{host['name']}[/bold]: {host['description']}")
-    t = Table(title="predicted per PE mode and batch size, in µs (services.timing, the daemon's engine)")
+    t = Table(title="predicted per PE mode and batch size, in µs (npusim.services.timing, the daemon's engine)")
     for col in ("target", "batch", "mode", "runtime", "host in", "DMA in", "device", "DMA out", "host out",
                 "latency", "device path", "samples/s"):
         t.add_column(col, justify="left" if col in ("target", "mode") else "right")

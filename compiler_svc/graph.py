@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from services.errors import InvalidModel
+from npusim.services.errors import InvalidModel
 
 __all__ = ["GraphIndex", "attr", "dims", "perm", "toposort"]
 

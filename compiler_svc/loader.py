@@ -5,8 +5,8 @@ from __future__ import annotations
 import onnx
 from google.protobuf.message import DecodeError
 
-from services.errors import InvalidModel
-from services.program import is_program
+from npusim.services.errors import InvalidModel
+from npusim.services.program import is_program
 
 __all__ = ["load_model", "opset_of", "OPSET_RANGE"]
 

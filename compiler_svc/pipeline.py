@@ -21,20 +21,20 @@ import onnx
 import onnxruntime as ort
 from opentelemetry import trace
 
-from compiler_svc.cache import compiler_digest
-from compiler_svc.calibrate import CalibrationMethod, Calibrator, random_samples
-from compiler_svc.config import CompilerConfig
-from compiler_svc.editor import get_output_names
-from compiler_svc.loader import load_model
-from compiler_svc.partition import build_program
-from compiler_svc.passes import NOTES_KEY, optimize_model
-from compiler_svc.quantize import is_quantized, quantize
-from services import __version__
-from services.errors import ConfigError, InvalidCompilerConfig, InvalidModel
-from services.hw import WARBOY, timing_params
-from services.hw import target as resolve_target
-from services.program import FORMAT_VERSION, CpuStep, OpStep, Program
-from services.tracing import tracer
+from npusim.compiler_svc.cache import compiler_digest
+from npusim.compiler_svc.calibrate import CalibrationMethod, Calibrator, random_samples
+from npusim.compiler_svc.config import CompilerConfig
+from npusim.compiler_svc.editor import get_output_names
+from npusim.compiler_svc.loader import load_model
+from npusim.compiler_svc.partition import build_program
+from npusim.compiler_svc.passes import NOTES_KEY, optimize_model
+from npusim.compiler_svc.quantize import is_quantized, quantize
+from npusim.services import __version__
+from npusim.services.errors import ConfigError, InvalidCompilerConfig, InvalidModel
+from npusim.services.hw import WARBOY, timing_params
+from npusim.services.hw import target as resolve_target
+from npusim.services.program import FORMAT_VERSION, CpuStep, OpStep, Program
+from npusim.services.tracing import tracer
 
 __all__ = ["CompileOptions", "compile_model", "compile", "cache_key", "program_info"]
 
@@ -240,7 +240,7 @@ def _partition(qmodel: onnx.ModelProto, opts: CompileOptions, config: CompilerCo
 
 def compile(graph: onnx.ModelProto | bytes, *, target_npu: str = "warboy-2pe", batch_size: int = 1,  # noqa: A001
             compiler_config: dict[str, Any] | None = None) -> Program:
-    """Compile a quantised graph (from :func:`compiler_svc.quantize`) into a program.
+    """Compile a quantised graph (from :func:`npusim.compiler_svc.quantize`) into a program.
 
     ``bytes(program)`` is the .enf file; ``session.create`` accepts the program directly.
     """

@@ -3,7 +3,7 @@
 onnxruntime's QDQ quantiser does the graph surgery from our calibrated ranges; the result
 is an ordinary ONNX model in which every quantised tensor passes through a
 QuantizeLinear/DequantizeLinear pair, and which onnxruntime runs with int8 kernels.
-Operators the chip does not run (:mod:`compiler_svc.support`) stay in float: they will be
+Operators the chip does not run (:mod:`npusim.compiler_svc.support`) stay in float: they will be
 CPU operators of the program.
 
 Two options change the program's boundaries:
@@ -27,11 +27,11 @@ from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
 from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-from compiler_svc.editor import _KEY as _EDITOR_KEY
-from compiler_svc.editor import edits_of, get_output_names, get_pure_input_names
-from compiler_svc.graph import toposort
-from compiler_svc.support import NPU_OPS, GraphInfo, npu_reason
-from services.errors import CalibrationError, InvalidModel
+from npusim.compiler_svc.editor import _KEY as _EDITOR_KEY
+from npusim.compiler_svc.editor import edits_of, get_output_names, get_pure_input_names
+from npusim.compiler_svc.graph import toposort
+from npusim.compiler_svc.support import NPU_OPS, GraphInfo, npu_reason
+from npusim.services.errors import CalibrationError, InvalidModel
 
 __all__ = ["quantize", "is_quantized"]
 

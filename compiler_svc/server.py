@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from compiler_svc.cache import ProgramCache
-from compiler_svc.pipeline import CompileOptions, cache_key, compile_model, program_info
-from services import tracing
-from services.errors import NpusimError
-from services.protocol import Kind, Message, error_message
-from services.server import Request, Service
+from npusim.compiler_svc.cache import ProgramCache
+from npusim.compiler_svc.pipeline import CompileOptions, cache_key, compile_model, program_info
+from npusim.services import tracing
+from npusim.services.errors import NpusimError
+from npusim.services.protocol import Kind, Message, error_message
+from npusim.services.server import Request, Service
 
 __all__ = ["CompilerService"]
 

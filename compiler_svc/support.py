@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from compiler_svc.graph import GraphIndex, attr, dims
+from npusim.compiler_svc.graph import GraphIndex, attr, dims
 
 __all__ = ["NPU_OPS", "GraphInfo", "npu_reason"]
 

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import torch
 
-from compiler_svc import optimize_model
-from compiler_svc import quantize, Calibrator, CalibrationMethod
-import client.session
-from client import profile
-from services.zoo import resnet50
+from npusim.optimizer import optimize_model
+from npusim.quantizer import quantize, Calibrator, CalibrationMethod
+import npusim.runtime.session
+from npusim.runtime.profiler import profile
+from npusim.services.zoo import resnet50
 
 
 onnx.save(resnet50(), "resnet50.onnx")  # npusim: replaces torchvision.models.resnet50 + torch.onnx.export
@@ -30,7 +30,7 @@ graph = quantize(onnx_model, ranges, with_quantize=False)
 
 with open("trace_1.json", "w") as trace:
     with profile(file=trace) as profiler:
-        with client.session.create(graph) as session:
+        with npusim.runtime.session.create(graph) as session:
             image = torch.randint(256, (1, 3, 224, 224), dtype=torch.uint8)
             with profiler.record("pre"):
                 image = image.numpy()
@@ -56,7 +56,7 @@ for e in spans:
 graph_float = quantize(onnx_model, ranges)
 for label, g, x in (("uint8 input, with_quantize=False", graph, image),
                     ("float32 input, default", graph_float, torch.randn(1, 3, 224, 224).numpy())):
-    with profile() as p, client.session.create(g) as s:
+    with profile() as p, npusim.runtime.session.create(g) as s:
         for _ in range(5):
             s.run(x)
     print(f"{label:34s} CPU operators {s.compile_info['cpu_ops']}, Quantize run by run (µs):",

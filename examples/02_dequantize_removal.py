@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import torch
 
-from compiler_svc import optimize_model
-from compiler_svc import quantize, Calibrator, CalibrationMethod
-import client.session
-from client import profile
-from services.zoo import resnet50
+from npusim.optimizer import optimize_model
+from npusim.quantizer import quantize, Calibrator, CalibrationMethod
+import npusim.runtime.session
+from npusim.runtime.profiler import profile
+from npusim.services.zoo import resnet50
 
 
 onnx.save(resnet50(), "resnet50.onnx")  # npusim: replaces torchvision.models.resnet50 + torch.onnx.export
@@ -32,7 +32,7 @@ graph = quantize(onnx_model, ranges, with_quantize=False, normalized_pixel_outpu
 
 with open("trace_2.json", "w") as trace:
     with profile(file=trace) as profiler:
-        with client.session.create(graph) as session:
+        with npusim.runtime.session.create(graph) as session:
             image = torch.randint(256, (1, 3, 224, 224), dtype=torch.uint8)
             with profiler.record("pre"):
                 image = image.numpy()
@@ -59,7 +59,7 @@ graph_float_out = quantize(onnx_model, ranges, with_quantize=False)
 results = {}
 for label, g in (("uint8 output, normalized_pixel_outputs=[0]", graph),
                  ("float32 output, without it", graph_float_out)):
-    with profile() as p, client.session.create(g) as s:
+    with profile() as p, npusim.runtime.session.create(g) as s:
         for _ in range(5):
             results[label] = s.run(image)[0].numpy()
     print(f"{label:42s} CPU operators {s.compile_info['cpu_ops']}, Dequantize run by run (µs):",

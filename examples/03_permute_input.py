@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import torch
 
-from compiler_svc import optimize_model
-from compiler_svc import quantize, Calibrator, CalibrationMethod
-import client.session
-from client import profile
-from services.zoo import yolox_like
+from npusim.optimizer import optimize_model
+from npusim.quantizer import quantize, Calibrator, CalibrationMethod
+import npusim.runtime.session
+from npusim.runtime.profiler import profile
+from npusim.services.zoo import yolox_like
 
 
 onnx.save(yolox_like(height=512, width=512, nhwc=True), "model_nhwc.onnx")  # npusim: the seed's model file
@@ -32,7 +32,7 @@ compiler_config = { "permute_input": [[0, 3, 1, 2]] }
 
 with open("trace_lower.json", "w") as trace:
     with profile(file=trace) as profiler:
-        with client.session.create(graph, compiler_config=compiler_config) as session:
+        with npusim.runtime.session.create(graph, compiler_config=compiler_config) as session:
             image = torch.randint(256, (1, 3, 512, 512), dtype=torch.uint8)
             with profiler.record("pre"):
                 image = image.numpy()
@@ -52,7 +52,7 @@ spans = [e for e in json.load(open("trace_lower.json"))["traceEvents"] if e["ph"
 print(f"trace_lower.json: {len(spans)} spans, {sum(e['name'] == 'npu.job' for e in spans)} NPU jobs")
 # the same graph without permute_input: it takes NHWC and the host lowers it (4 runs of the same image)
 with profile() as profiler_nhwc:
-    with client.session.create(graph) as session_nhwc:
+    with npusim.runtime.session.create(graph) as session_nhwc:
         image_nhwc = np.ascontiguousarray(image.transpose(0, 2, 3, 1))
         outputs_nhwc = [session_nhwc.run(image_nhwc) for _ in range(4)][0]
 print("without permute_input: input", session_nhwc.program.inputs[0].dtype, list(session_nhwc.program.inputs[0].shape),

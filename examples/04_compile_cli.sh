@@ -10,8 +10,9 @@ set -euo pipefail
 # npusim: model-building lines — mnist.dfg and resnet50.dfg, quantised graphs of the built-in models
 python - <<'PY'
 import numpy as np
-from compiler_svc import optimize_model, quantize, Calibrator, CalibrationMethod
-from services.zoo import mnist, resnet50
+from npusim.optimizer import optimize_model
+from npusim.quantizer import quantize, Calibrator, CalibrationMethod
+from npusim.services.zoo import mnist, resnet50
 
 for name, build, shape in (("mnist", mnist, (1, 1, 28, 28)), ("resnet50", resnet50, (1, 3, 224, 224))):
     model = optimize_model(build())

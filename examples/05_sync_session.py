@@ -6,8 +6,8 @@ filled with a built-in model and a random image (see docs/seed-examples.md). Run
 """
 import numpy as np  # npusim: for the input placeholder
 
-from client import session
-from services.zoo import mnist
+from npusim.runtime import session
+from npusim.services.zoo import mnist
 
 model = mnist()  # npusim: the seed's `model` placeholder
 

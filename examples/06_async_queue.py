@@ -8,8 +8,8 @@ import numpy as np
 import random
 
 import onnx  # npusim: to write the seed's model file
-from client import session
-from services.zoo import mnist
+from npusim.runtime import session
+from npusim.services.zoo import mnist
 
 onnx.save(mnist(), "mnist.onnx")  # npusim: the seed's model file
 

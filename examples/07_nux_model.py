@@ -8,8 +8,8 @@ import asyncio
 import numpy as np
 
 import onnx  # npusim: to write the seed's model file
-from client.serving import NuxModel, NuxModelConfig
-from services.zoo import mnist
+from npusim.server.model import NuxModel, NuxModelConfig
+from npusim.services.zoo import mnist
 
 onnx.save(mnist(), "mnist.onnx")  # npusim: the seed's model file
 

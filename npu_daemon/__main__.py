@@ -1,4 +1,4 @@
-"""``python -m npu_daemon --name npu0``: one emulated device (what ``npusim up`` spawns)."""
+"""``python -m npusim.npu_daemon --name npu0``: one emulated device (what ``npusim up`` spawns)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import sys
 
 import zmq
 
-from services.errors import ConfigError, NpusimError
+from npusim.services.errors import ConfigError, NpusimError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from npu_daemon.server import DaemonOptions, DaemonService
-    from services.runner import common_args, prepare, serve, service_kwargs
+    from npusim.npu_daemon.server import DaemonOptions, DaemonService
+    from npusim.services.runner import common_args, prepare, serve, service_kwargs
 
-    p = argparse.ArgumentParser(prog="python -m npu_daemon", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m npusim.npu_daemon", description=__doc__)
     common_args(p, default_name="npu0")
     p.add_argument("--timing-only", action="store_true")
     p.add_argument("--ort-threads", type=int, default=1)
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     exporter = None
     try:
         rdir, endpoint = prepare(args, kind="daemon")
-        from services.hw import WARBOY, with_overrides
+        from npusim.services.hw import WARBOY, with_overrides
 
         if args.jitter < 0:
             raise ConfigError(f"--jitter {args.jitter}: must be ≥ 0")
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                              queue_limit=args.queue_limit, time_scale=args.time_scale, jitter=args.jitter,
                              seed=args.seed, hw=with_overrides(WARBOY, args.hw))  # type: ignore[arg-type]
         if args.metrics_port:  # bound first: a taken port fails the start before the daemon is reachable
-            from npu_daemon.metrics import MetricsExporter
+            from npusim.npu_daemon.metrics import MetricsExporter
 
             exporter = MetricsExporter(args.metrics_port, args.name, opts.hw.clock_hz)
         service = DaemonService(args.name, endpoint, options=opts, **service_kwargs(args))

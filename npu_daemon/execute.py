@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
-from services import layout
-from services.errors import InvalidInput, SessionClosed
-from services.program import NpuStage, Program, TensorSpec
+from npusim.services import layout
+from npusim.services.errors import InvalidInput, SessionClosed
+from npusim.services.program import NpuStage, Program, TensorSpec
 
 __all__ = ["Executor", "to_graph", "to_device"]
 

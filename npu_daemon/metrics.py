@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from services.errors import ConfigError
-from services.top import pe_rates
+from npusim.services.errors import ConfigError
+from npusim.services.rates import pe_rates
 
 if TYPE_CHECKING:
-    from npu_daemon.server import DaemonService
+    from npusim.npu_daemon.server import DaemonService
 
 __all__ = ["DaemonCollector", "MetricsExporter", "METRICS_HOST"]
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 from opentelemetry import trace
 
-from npu_daemon.execute import Executor
-from services import tracing
-from services.cost import recost_program
-from services.devices import PE_NAMES
-from services.discovery import pid_alive
-from services.errors import (
+from npusim.npu_daemon.execute import Executor
+from npusim.services import tracing
+from npusim.services.cost import recost_program
+from npusim.services.devices import PE_NAMES
+from npusim.services.discovery import pid_alive
+from npusim.services.errors import (
     DeviceBusy,
     DeviceError,
     DeviceNotFound,
@@ -34,17 +34,17 @@ from services.errors import (
     SessionClosed,
     TargetMismatch,
 )
-from services.hw import WARBOY, Hardware
-from services.program import Program
-from services.protocol import (
+from npusim.services.hw import WARBOY, Hardware
+from npusim.services.program import Program
+from npusim.services.protocol import (
     HEARTBEAT_INTERVAL_S,
     HEARTBEAT_LIVENESS,
     Kind,
     Message,
     error_message,
 )
-from services.server import Request, Service
-from services.timing import CORES, DeviceClock, JobTimes, StageTiming
+from npusim.services.server import Request, Service
+from npusim.services.timing import CORES, DeviceClock, JobTimes, StageTiming
 
 __all__ = ["DaemonService", "DaemonOptions"]
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import TypeVar
 
-from services.errors import ConfigError
+from npusim.services.errors import ConfigError
 
 _N = TypeVar("_N", int, float)
 

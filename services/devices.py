@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from services.errors import ConfigError
+from npusim.services.errors import ConfigError
 
 __all__ = ["NamedPe", "AnyPe", "DeviceSpec", "parse_devices", "PE_NAMES", "DEFAULT_DEVICES"]
 

@@ -12,8 +12,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from services.config import ENV_COMPILER, ENV_DAEMONS
-from services.errors import ConfigError
+from npusim.services.config import ENV_COMPILER, ENV_DAEMONS
+from npusim.services.errors import ConfigError
 
 __all__ = ["ServiceRecord", "register", "unregister", "records", "pid_alive", "Stack", "from_env", "from_run_dir"]
 

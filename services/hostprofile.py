@@ -10,7 +10,7 @@ operators count depends on how the figure is measured, so a profile names that t
   argmax on the NPU's lowered output, so no host operator is in the timed path; the runtime's
   per-query overhead is the fitted ``runtime_overhead_ns``.
 - ``this``: this machine, the host operators timed with npusim's real kernels
-  (``client.hostcost``), plus the same runtime overhead (the vendor runtime is not here to time).
+  (``npusim.client.hostcost``), plus the same runtime overhead (the vendor runtime is not here to time).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.errors import ConfigError
-from services.hw import TimingParams, timing_params
-from services.program import Program
+from npusim.services.errors import ConfigError
+from npusim.services.hw import TimingParams, timing_params
+from npusim.services.program import Program
 
 __all__ = ["HOSTS", "HostProfile", "host_profile"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from services.errors import ConfigError
+from npusim.services.errors import ConfigError
 
 __all__ = ["Hardware", "WARBOY", "TimingParams", "TARGETS", "Target", "target", "timing_params",
            "with_overrides", "FITTED"]

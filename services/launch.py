@@ -1,9 +1,10 @@
 """Start service processes, wait until each answers HEALTH, stop them all.
 
 Used by ``npusim up`` and by the client's embedded stack. Services start as
-``python -m <package>`` in their own session (terminal signals reach only the parent, which
+``python -m <module>`` in their own session (terminal signals reach only the parent, which
 forwards them) and are given the parent's pid: a service whose parent vanishes stops itself,
-so not even a SIGKILLed parent leaves a process behind.
+so not even a SIGKILLed parent leaves a process behind. Which module runs each kind of service
+is declared by the package that has it, in the ``npusim.services`` entry-point group.
 """
 
 from __future__ import annotations
@@ -15,15 +16,26 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from services.errors import ServiceUnavailable
-from services.protocol import Kind
-from services.rpc import Peer
+from npusim.services.errors import ServiceUnavailable
+from npusim.services.protocol import Kind
+from npusim.services.rpc import Peer
 
-__all__ = ["Child", "start", "wait_healthy", "stop_all", "MODULES"]
+__all__ = ["Child", "SERVICES", "module_of", "start", "wait_healthy", "stop_all"]
 
-MODULES = {"compiler": "compiler_svc", "daemon": "npu_daemon"}
+SERVICES = "npusim.services"
+"""Entry-point group: a service kind (``compiler``, ``daemon``) → the module ``python -m`` runs."""
+
+
+def module_of(kind: str) -> str:
+    """The module that runs a service of this kind, as its package declares it."""
+    found = [ep for ep in entry_points(group=SERVICES) if ep.name == kind]
+    if not found:
+        raise ServiceUnavailable(f"no installed package provides the {kind!r} service (entry point group "
+                                 f"{SERVICES!r}); reinstall npusim")
+    return found[0].module.removesuffix(".__main__")
 
 
 @dataclass
@@ -45,7 +57,7 @@ class Child:
 def start(kind: str, name: str, endpoint: str, run_dir: Path, *, extra: Sequence[str] = (),
           env: dict[str, str] | None = None) -> Child:
     log_path = run_dir / f"{name}.log"
-    cmd = [sys.executable, "-m", MODULES[kind], "--name", name, "--bind", endpoint,
+    cmd = [sys.executable, "-m", module_of(kind), "--name", name, "--bind", endpoint,
            "--run-dir", str(run_dir), "--parent-pid", str(os.getpid()), *extra]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

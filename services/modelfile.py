@@ -1,20 +1,49 @@
-"""Reading a model file from disk, external weight files included, safely.
+"""Reading a model the way every command takes one: a file, or ``zoo:NAME``.
 
-An ONNX model may keep its weights in separate files named relative to the model; a name
-that leaves the model's folder (``../../etc/passwd``, an absolute path, a symlink out) is
-refused rather than read. The weights are inlined, so the bytes travel to the compiler
-service as one message.
+A file is an ``.onnx`` model or an ``.enf`` program. An ONNX model may keep its weights in
+separate files named relative to the model; a name that leaves the model's folder
+(``../../etc/passwd``, an absolute path, a symlink out) is refused rather than read. The
+weights are inlined, so the bytes travel to the compiler service as one message.
+``zoo:NAME`` builds a model of the built-in zoo (``zoo:resnet50``, ``zoo:mnist``, ...).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.errors import InvalidModel
-from services.program import is_program
+from npusim.services.errors import ConfigError, InvalidModel
+from npusim.services.program import is_program
 
-__all__ = ["read_model"]
+__all__ = ["ModelSource", "model_source", "read_model"]
+
+ZOO = "zoo:"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model named on a command line: its bytes, a name for it, and its file (None for the zoo)."""
+
+    data: bytes
+    name: str
+    path: Path | None
+
+
+def model_source(arg: str | os.PathLike[str]) -> ModelSource:
+    """``arg`` as every command takes a model: an .onnx or .enf path, or ``zoo:NAME``."""
+    text = os.fspath(arg)
+    if text.startswith(ZOO):
+        from npusim.services import zoo  # building a model needs onnx: only then
+
+        name = text.removeprefix(ZOO)
+        if name not in zoo.MODELS:
+            raise ConfigError(f"no zoo model {name!r}; known: {', '.join(zoo.MODELS)}")
+        return ModelSource(zoo.build(name).SerializeToString(), name, None)
+    p = Path(text)
+    if not p.is_file():
+        raise ConfigError(f"model {text!r} is not a file; pass an .onnx or .enf path, or zoo:NAME (e.g. zoo:resnet50)")
+    return ModelSource(read_model(p), p.stem, p)
 
 
 def read_model(path: str | os.PathLike[str]) -> bytes:

@@ -19,7 +19,7 @@ File layout (little-endian)::
 The header is self-describing (``npusim explain`` reads it with no compiler) and loading
 needs only msgpack. An NPU stage describes each boundary tensor twice: as the device
 receives it (``device_inputs``: the layout after the host's layout operators) and as its
-ONNX graph computes on it (``graph_inputs``); :mod:`services.layout` converts between them.
+ONNX graph computes on it (``graph_inputs``); :mod:`npusim.services.layout` converts between them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from services.errors import InvalidModel
+from npusim.services.errors import InvalidModel
 
 __all__ = [
     "FORMAT_VERSION",

@@ -28,7 +28,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from services.errors import ProtocolError, to_wire
+from npusim.services.errors import ProtocolError, to_wire
 
 __all__ = [
     "VERSION",

@@ -15,11 +15,11 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from services.config import ENV_MAX_MESSAGE, env_int
-from services.config import timeout_s as default_timeout
-from services.errors import NpusimError, ProtocolError, ServiceUnavailable, from_wire
-from services.protocol import DEFAULT_MAX_MESSAGE_BYTES, Kind, Message, decode, encode
-from services.sockets import CurveKeys, connect, load_keys, new_socket, recv_frames, send_frames
+from npusim.services.config import ENV_MAX_MESSAGE, env_int
+from npusim.services.config import timeout_s as default_timeout
+from npusim.services.errors import NpusimError, ProtocolError, ServiceUnavailable, from_wire
+from npusim.services.protocol import DEFAULT_MAX_MESSAGE_BYTES, Kind, Message, decode, encode
+from npusim.services.sockets import CurveKeys, connect, load_keys, new_socket, recv_frames, send_frames
 
 __all__ = ["Peer"]
 

@@ -1,6 +1,6 @@
 """Running one service process: arguments, registration, signals, clean exit.
 
-Shared by ``python -m compiler_svc`` and ``python -m npu_daemon`` (what ``npusim up`` and
+Shared by ``python -m npusim.compiler_svc`` and ``python -m npusim.npu_daemon`` (what ``npusim up`` and
 the client's embedded stack spawn) and by the ``npusim compiler`` / ``npusim daemon``
 commands, so every service process behaves the same on start and stop.
 """
@@ -15,12 +15,12 @@ import signal
 import time
 from pathlib import Path
 
-from services import __version__, tracing
-from services.config import ENV_MAX_MESSAGE, env_int, run_dir
-from services.discovery import ServiceRecord, claim, register, unregister
-from services.protocol import DEFAULT_MAX_MESSAGE_BYTES
-from services.server import Service
-from services.sockets import ipc_endpoint, load_keys
+from npusim.services import __version__, tracing
+from npusim.services.config import ENV_MAX_MESSAGE, env_int, run_dir
+from npusim.services.discovery import ServiceRecord, claim, register, unregister
+from npusim.services.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from npusim.services.server import Service
+from npusim.services.sockets import ipc_endpoint, load_keys
 
 __all__ = ["common_args", "resolve_endpoint", "serve", "service_kwargs"]
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import zmq
 
-from services import __version__
-from services.errors import NpusimError, ProtocolError, ServiceError
-from services.protocol import (
+from npusim.services import __version__
+from npusim.services.errors import NpusimError, ProtocolError, ServiceError
+from npusim.services.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Kind,
     Message,
@@ -38,7 +38,7 @@ from services.protocol import (
     error_message,
     peek_id,
 )
-from services.sockets import CurveKeys, bind, new_socket, recv_frames, release_context, send_frames
+from npusim.services.sockets import CurveKeys, bind, new_socket, recv_frames, release_context, send_frames
 
 __all__ = ["Request", "Service"]
 

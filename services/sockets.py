@@ -24,9 +24,9 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from services.config import ENV_CURVE_DIR
-from services.errors import ConfigError
-from services.protocol import DEFAULT_MAX_MESSAGE_BYTES, MAX_HEADER_BYTES
+from npusim.services.config import ENV_CURVE_DIR
+from npusim.services.errors import ConfigError
+from npusim.services.protocol import DEFAULT_MAX_MESSAGE_BYTES, MAX_HEADER_BYTES
 
 __all__ = [
     "CurveKeys",

@@ -12,13 +12,13 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.table import Table
 
-from services import launch
-from services.config import run_dir as resolve_run_dir
-from services.discovery import records
-from services.errors import ConfigError, NpusimError, ServiceUnavailable
-from services.protocol import Kind
-from services.rpc import Peer
-from services.sockets import check_bind_endpoint, ipc_endpoint, load_keys
+from npusim.services import launch
+from npusim.services.config import run_dir as resolve_run_dir
+from npusim.services.discovery import records
+from npusim.services.errors import ConfigError, NpusimError, ServiceUnavailable
+from npusim.services.protocol import Kind
+from npusim.services.rpc import Peer
+from npusim.services.sockets import check_bind_endpoint, ipc_endpoint, load_keys
 
 __all__ = ["up", "status", "endpoints_for"]
 

@@ -20,8 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.hw import WARBOY, Hardware
-from services.program import NpuStage
+from npusim.services.hw import WARBOY, Hardware
+from npusim.services.program import NpuStage
 
 __all__ = ["CORES", "dma_ns", "StageTiming", "JobTimes", "DeviceClock", "PeCounters", "single_stream", "throughput"]
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from services import launch
-from services.server import Service
+from npusim.services import launch
+from npusim.services.server import Service
 
 
 @dataclass

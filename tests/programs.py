@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from client.ops import load_op
-from npu_daemon.execute import to_device, to_graph
-from services.program import CpuStep, NpuStep, OpStep, Program
+from npusim.client.ops import load_op
+from npusim.npu_daemon.execute import to_device, to_graph
+from npusim.services.program import CpuStep, NpuStep, OpStep, Program
 
 
 def session(graph: bytes, *, exact: bool) -> ort.InferenceSession:

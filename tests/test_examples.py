@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from services.program import Program
+from npusim.services.program import Program
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

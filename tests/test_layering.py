@@ -1,9 +1,12 @@
 """Package layering, checked statically with ``ast`` (nothing is imported).
 
-    services            shared ground: imports none of the others
+    npusim (the SDK-shaped facade)        imports any of them
     compiler_svc  npu_daemon  client      each imports services, never each other
+    services                              shared ground: imports none of the others
 
-and the module import graph inside these four packages has no cycles.
+every module is named as installed (``npusim.services.protocol``), a string naming another
+package's module (an import or a ``python -m`` hidden in a string) counts as an edge too, no
+module imports the old top-level names, and the import graph inside the packages has no cycles.
 """
 
 from __future__ import annotations
@@ -19,18 +22,19 @@ pytestmark = pytest.mark.timeout(30)
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("services", "compiler_svc", "npu_daemon", "client")
 PEERS = ("compiler_svc", "npu_daemon", "client")
+OLD_NAMES = PACKAGES  # what the packages were called at the top level before the namespace
 
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
-    return ".".join(parts)
+    return ".".join(parts if parts[0] == "npusim" else ["npusim", *parts])
 
 
 def _modules() -> dict[str, Path]:
     mods = {}
-    for pkg in PACKAGES:
+    for pkg in (*PACKAGES, "npusim"):
         assert (ROOT / pkg / "__init__.py").is_file(), f"{pkg} is not a package"
         for path in sorted((ROOT / pkg).rglob("*.py")):
             mods[_module_name(path)] = path
@@ -83,7 +87,25 @@ def _imports(module: str, tree: ast.AST) -> Iterator[tuple[str, int, bool]]:
 
 
 def _top(name: str) -> str:
-    return name.split(".")[0]
+    """The package a module belongs to: services, compiler_svc, npu_daemon, client, or npusim (the facade)."""
+    parts = name.split(".")
+    if parts[0] != "npusim":
+        return parts[0]
+    return parts[1] if len(parts) > 1 and parts[1] in PACKAGES else "npusim"
+
+
+def _strings(tree: ast.AST) -> Iterator[tuple[str, int]]:
+    """Modules named in string constants other than docstrings: ``"npusim.client._worker"``,
+    ``"npusim.compiler_svc.estimate:estimate_cmd"``."""
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            for word in node.value.split():
+                name = word.partition(":")[0].strip("`'\"(),")
+                if name in MODULES and _top(name) in PACKAGES:
+                    yield name, node.lineno
 
 
 def _all_imports() -> list[tuple[str, str, int, bool]]:
@@ -95,13 +117,25 @@ def _all_imports() -> list[tuple[str, str, int, bool]]:
             pytest.fail(f"{path} does not parse: {e}")
         for target, line, runtime in _imports(module, tree):
             out.append((module, target, line, runtime))
+        for target, line in _strings(tree):
+            out.append((module, target, line, False))  # an edge for layering, not for cycles
     return out
 
 
 def test_modules_found() -> None:
     for pkg in PACKAGES:
-        assert pkg in MODULES
-    assert "services.protocol" in MODULES and "npu_daemon.server" in MODULES
+        assert f"npusim.{pkg}" in MODULES
+    assert "npusim.services.protocol" in MODULES and "npusim.npu_daemon.server" in MODULES
+    assert "npusim.runtime.session" in MODULES
+
+
+def test_no_module_imports_the_old_top_level_names() -> None:
+    trees = [(p, ast.parse(p.read_text(encoding="utf-8"))) for d in (*PACKAGES, "npusim", "tests", "benchmarks",
+                                                                    "examples") for p in sorted((ROOT / d).rglob("*.py"))]
+    bad = [f"{p.relative_to(ROOT)}:{n.lineno}" for p, tree in trees for n in ast.walk(tree)
+           if (isinstance(n, ast.ImportFrom) and not n.level and (n.module or "").split(".")[0] in OLD_NAMES)
+           or (isinstance(n, ast.Import) and any(a.name.split(".")[0] in OLD_NAMES for a in n.names))]
+    assert not bad, "import these as npusim.<package>:\n" + "\n".join(bad)
 
 
 def test_services_imports_no_other_package() -> None:
@@ -120,7 +154,7 @@ def test_peer_packages_do_not_import_each_other() -> None:
 def _graph(exclude: frozenset[tuple[str, str]] = frozenset()) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for m, t, _, runtime in _all_imports():
-        # A package's __init__ importing its own names (`from client import session` in
+        # A package's __init__ importing its own names (`from npusim.client import session` in
         # client/__init__.py) is not a cycle; type-only imports never run.
         if runtime and t in MODULES and t != m and (m, t) not in exclude:
             graph[m].add(t)
@@ -181,8 +215,13 @@ def test_cycle_finder_itself() -> None:
 
 def test_relative_imports_are_resolved() -> None:
     tree = ast.parse("from . import protocol\nfrom .errors import X\nfrom .. import y\n")
-    got = {t for t, _, _ in _imports("services.server", tree)}
-    assert {"services", "services.protocol", "services.errors"} <= got
+    got = {t for t, _, _ in _imports("npusim.services.server", tree)}
+    assert {"npusim.services.protocol", "npusim.services.errors"} <= got
+
+
+def test_a_module_path_in_a_string_is_an_edge() -> None:
+    tree = ast.parse('cmd = ["-m", "npusim.client._worker"]\nx = "npusim.compiler_svc.estimate:estimate_cmd"\n')
+    assert {t for t, _ in _strings(tree)} == {"npusim.client._worker", "npusim.compiler_svc.estimate"}
 
 
 def test_no_import_cycles() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.hw import FITTED, TimingParams, timing_params
+from npusim.services.hw import FITTED, TimingParams, timing_params
 
 ROOT = Path(__file__).resolve().parent.parent
 

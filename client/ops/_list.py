@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from client.ops.base import CpuOperator
-from client.ops.dequantize import Dequantize
-from client.ops.lower import Lower
-from client.ops.pad import Pad
-from client.ops.quantize import Quantize
-from client.ops.quantize_uint8 import QuantizeUint8
-from client.ops.slice import Slice
-from client.ops.unlower import Unlower
-from services.errors import InvalidModel
+from npusim.client.ops.base import CpuOperator
+from npusim.client.ops.dequantize import Dequantize
+from npusim.client.ops.lower import Lower
+from npusim.client.ops.pad import Pad
+from npusim.client.ops.quantize import Quantize
+from npusim.client.ops.quantize_uint8 import QuantizeUint8
+from npusim.client.ops.slice import Slice
+from npusim.client.ops.unlower import Unlower
+from npusim.services.errors import InvalidModel
 
 OPERATORS: dict[str, type[CpuOperator]] = {
     cls.name: cls for cls in (Quantize, QuantizeUint8, Dequantize, Lower, Unlower, Pad, Slice)

@@ -16,7 +16,7 @@ __all__ = ["available", "dequantize", "pad_byte", "quantize", "to_interleaved", 
 
 _simd: Any
 try:
-    import client.ops._simd as _simd  # type: ignore[no-redef]
+    import npusim.client.ops._simd as _simd  # type: ignore[no-redef]
 except ImportError:  # not compiled here: the slower kernels serve
     _simd = None
 

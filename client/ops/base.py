@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 from opentelemetry import trace
 
-from services import tracing
-from services.errors import InvalidModel, ServiceError
+from npusim.services import tracing
+from npusim.services.errors import InvalidModel, ServiceError
 
 __all__ = ["CpuOperator"]
 

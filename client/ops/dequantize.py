@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-import client.ops._native as _native
-from client.ops.base import CpuOperator
-from client.ops.quantize import kernel_constants
+import npusim.client.ops._native as _native
+from npusim.client.ops.base import CpuOperator
+from npusim.client.ops.quantize import kernel_constants
 
 
 def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

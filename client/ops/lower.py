@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 
-import client.ops._native as _native
-from client.ops._transpose import to_planar
-from client.ops.base import CpuOperator
-from services import layout
+import npusim.client.ops._native as _native
+from npusim.client.ops._transpose import to_planar
+from npusim.client.ops.base import CpuOperator
+from npusim.services import layout
 
 
 def _lower_nhwc(x: np.ndarray, pad_value: float) -> np.ndarray:

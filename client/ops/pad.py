@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-import client.ops._native as _native
-from client.ops.base import CpuOperator
-from services import layout
+import npusim.client.ops._native as _native
+from npusim.client.ops.base import CpuOperator
+from npusim.services import layout
 
 
 class Pad(CpuOperator):

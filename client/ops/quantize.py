@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 
-import client.ops._native as _native
-from client.ops.base import CpuOperator
+import npusim.client.ops._native as _native
+from npusim.client.ops.base import CpuOperator
 
 
 def _quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -13,7 +13,7 @@ def _quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     # reciprocal moves values that sit on a .5 tie (or next to one) to the other integer.
     # One float32 buffer, every later pass in place: the only other allocation is the output.
     y = np.empty(x.shape, dtype=np.float32)
-    with np.errstate(over="ignore"):  # a quotient beyond float32 is ±inf, which clamps: not an error
+    with np.errstate(over="ignore", invalid="ignore"):  # ±inf clamps and NaN becomes -128 below: not errors
         np.divide(x, np.float32(scale), out=y)
     np.rint(y, out=y)  # half to even, as onnxruntime rounds
     y += np.float32(zero_point)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from client.ops.base import CpuOperator
+from npusim.client.ops.base import CpuOperator
 
 
 def _shift(x: np.ndarray) -> np.ndarray:

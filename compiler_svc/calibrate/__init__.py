@@ -18,7 +18,7 @@ range obeys (contains zero, finite, never degenerate). ``samples.py`` makes rand
 each input's dtype, for compiling without real data.
 """
 
-from compiler_svc.calibrate.calibrator import CalibrationMethod, Calibrator
-from compiler_svc.calibrate.samples import random_samples
+from npusim.compiler_svc.calibrate.calibrator import CalibrationMethod, Calibrator
+from npusim.compiler_svc.calibrate.samples import random_samples
 
 __all__ = ["CalibrationMethod", "Calibrator", "random_samples"]

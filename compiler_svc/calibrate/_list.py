@@ -6,11 +6,11 @@ is the ``symmetric`` flag) and has ``update(x)`` and ``range() -> (lo, hi)``; se
 
 from __future__ import annotations
 
-from compiler_svc.calibrate.entropy import EntropyObserver
-from compiler_svc.calibrate.minmax import MinMaxObserver
-from compiler_svc.calibrate.mse import MSEObserver
-from compiler_svc.calibrate.percentile import PercentileObserver
-from compiler_svc.calibrate.sqnr import SQNRObserver
+from npusim.compiler_svc.calibrate.entropy import EntropyObserver
+from npusim.compiler_svc.calibrate.minmax import MinMaxObserver
+from npusim.compiler_svc.calibrate.mse import MSEObserver
+from npusim.compiler_svc.calibrate.percentile import PercentileObserver
+from npusim.compiler_svc.calibrate.sqnr import SQNRObserver
 
 OBSERVERS = {
     "MIN_MAX": MinMaxObserver,

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compiler_svc.calibrate._list import OBSERVERS
-from services.errors import CalibrationError
+from npusim.compiler_svc.calibrate._list import OBSERVERS
+from npusim.services.errors import CalibrationError
 
 __all__ = ["CalibrationMethod", "Calibrator", "float_tensors"]
 

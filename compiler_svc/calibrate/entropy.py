@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler_svc.calibrate.histogram import HistogramObserver
+from npusim.compiler_svc.calibrate.histogram import HistogramObserver
 
 SYM_LEVELS = 128
 ASYM_LEVELS = 256

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from compiler_svc.calibrate.base import finish_range, finite_minmax
+from npusim.compiler_svc.calibrate.base import finish_range, finite_minmax
 
 __all__ = ["SLOTS", "StreamingHistogram", "HistogramObserver"]
 

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from compiler_svc.calibrate.base import finite_minmax, finish_range
+from npusim.compiler_svc.calibrate.base import finite_minmax, finish_range
 
 
 class MinMaxObserver:

@@ -1,7 +1,7 @@
 """MSE: the clipping range with the least expected squared int8 quantisation error.
 
 ``noise(range) = rounding noise inside + clipping noise outside``, integrated exactly over the
-streaming histogram (values uniform within a bin; see :mod:`compiler_svc.calibrate.noise`),
+streaming histogram (values uniform within a bin; see :mod:`npusim.compiler_svc.calibrate.noise`),
 minimised over a coarse-then-fine geometric grid of steps ``Δ``:
 
 * ``MSE_ASYM``: 256 levels over ``[lo, hi] = [-zΔ, (255 - z)Δ]`` — every integer zero point
@@ -11,8 +11,8 @@ minimised over a coarse-then-fine geometric grid of steps ``Δ``:
 
 from __future__ import annotations
 
-from compiler_svc.calibrate.histogram import HistogramObserver
-from compiler_svc.calibrate.noise import search
+from npusim.compiler_svc.calibrate.histogram import HistogramObserver
+from npusim.compiler_svc.calibrate.noise import search
 
 
 class MSEObserver(HistogramObserver):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler_svc.calibrate.histogram import StreamingHistogram
+from npusim.compiler_svc.calibrate.histogram import StreamingHistogram
 
 __all__ = ["side_noise", "search"]
 

@@ -11,7 +11,7 @@ interpolated linearly inside a bin and clamped to the exact min/max, so ``p = 10
 
 from __future__ import annotations
 
-from compiler_svc.calibrate.histogram import HistogramObserver
+from npusim.compiler_svc.calibrate.histogram import HistogramObserver
 
 
 class PercentileObserver(HistogramObserver):

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from services.errors import CalibrationError
+from npusim.services.errors import CalibrationError
 
 __all__ = ["random_samples"]
 

@@ -5,7 +5,7 @@ default of AIMET's SQNR encoding analyser: a clipped value is wrong in a way the
 cannot average out (it saturates, biased, and outliers tend to carry signal), while rounding
 noise is zero-mean and decorrelated, so clipping error counts three times. The signal power is
 fixed for a tensor, so maximising SQNR is minimising ``rounding + 3·clipping`` — same noise
-model, quantisers and search grid as MSE (:mod:`compiler_svc.calibrate.noise`), a different
+model, quantisers and search grid as MSE (:mod:`npusim.compiler_svc.calibrate.noise`), a different
 optimum: with clipping dearer the chosen range is never narrower than MSE's on the same grid,
 and strictly wider on heavy-tailed data, where MSE trades outliers for resolution.
 
@@ -15,7 +15,7 @@ and strictly wider on heavy-tailed data, where MSE trades outliers for resolutio
 
 from __future__ import annotations
 
-from compiler_svc.calibrate.mse import MSEObserver
+from npusim.compiler_svc.calibrate.mse import MSEObserver
 
 GAMMA = 3.0
 

@@ -19,14 +19,14 @@ from typing import Any
 import onnx
 from onnx import helper
 
-from compiler_svc.config import CompilerConfig
-from services.cost import estimate, program_weights, recost_stage
-from compiler_svc.graph import GraphIndex, toposort
-from compiler_svc.partition.batch import apply_batch
-from compiler_svc.partition.boundary import Edge, convert_inputs, convert_outputs
-from compiler_svc.partition.layout import axes_of, device_form, place_input, to_logical
-from compiler_svc.partition.permute import apply_permute
-from compiler_svc.partition.stages import (
+from npusim.compiler_svc.config import CompilerConfig
+from npusim.services.cost import estimate, program_weights, recost_stage
+from npusim.compiler_svc.graph import GraphIndex, toposort
+from npusim.compiler_svc.partition.batch import apply_batch
+from npusim.compiler_svc.partition.boundary import Edge, convert_inputs, convert_outputs
+from npusim.compiler_svc.partition.layout import axes_of, device_form, place_input, to_logical
+from npusim.compiler_svc.partition.permute import apply_permute
+from npusim.compiler_svc.partition.stages import (
     Stage,
     connect,
     constant_nodes,
@@ -34,11 +34,11 @@ from compiler_svc.partition.stages import (
     schedule,
     subgraph,
 )
-from compiler_svc.passes._context import PassContext
-from compiler_svc.passes.names import name_nodes
-from services.errors import InvalidCompilerConfig
-from services.hw import Target
-from services.program import (
+from npusim.compiler_svc.passes._context import PassContext
+from npusim.compiler_svc.passes.names import name_nodes
+from npusim.services.errors import InvalidCompilerConfig
+from npusim.services.hw import Target
+from npusim.services.program import (
     CpuStep,
     NpuStage,
     NpuStep,

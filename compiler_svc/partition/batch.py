@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from services.errors import InvalidModel
+from npusim.services.errors import InvalidModel
 
 
 def apply_batch(m: onnx.ModelProto, batch: int) -> onnx.ModelProto:

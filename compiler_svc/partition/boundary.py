@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from compiler_svc.graph import GraphIndex, dims, perm
-from services.errors import InvalidModel
-from services.program import OpStep
+from npusim.compiler_svc.graph import GraphIndex, dims, perm
+from npusim.services.errors import InvalidModel
+from npusim.services.program import OpStep
 
 __all__ = ["Edge", "convert_inputs", "convert_outputs", "dtype_name"]
 

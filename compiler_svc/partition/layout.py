@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from compiler_svc.graph import GraphIndex, perm
-from services.layout import LANE, default_axes, lowered_shape, padded, width_is_last
-from services.program import OpStep, TensorSpec
+from npusim.compiler_svc.graph import GraphIndex, perm
+from npusim.services.layout import LANE, default_axes, lowered_shape, padded, width_is_last
+from npusim.services.program import OpStep, TensorSpec
 
 __all__ = ["Placed", "axes_of", "device_form", "place_input", "to_logical"]
 

@@ -1,6 +1,6 @@
 """Split the graph into NPU stages and CPU steps.
 
-Every node is placed on the NPU or the host: the chip's rules (:mod:`compiler_svc.support`)
+Every node is placed on the NPU or the host: the chip's rules (:mod:`npusim.compiler_svc.support`)
 decide for compute nodes, and the NPU takes only int8 work — a node whose float inputs do
 not come from a DequantizeLinear, or whose float outputs do not all go to a
 QuantizeLinear, runs on the host. A DequantizeLinear goes with its consumers (it is copied
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import helper
 
-from compiler_svc.graph import GraphIndex
-from compiler_svc.support import GraphInfo, npu_reason
+from npusim.compiler_svc.graph import GraphIndex
+from npusim.compiler_svc.support import GraphInfo, npu_reason
 
 __all__ = ["Stage", "connect", "constant_nodes", "place", "schedule", "subgraph"]
 

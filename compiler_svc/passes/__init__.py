@@ -12,20 +12,20 @@ from collections.abc import Mapping, Sequence
 
 import onnx
 
-from compiler_svc.passes._context import PassContext
-from compiler_svc.passes.cleanup import cleanup
-from compiler_svc.passes.dropout import drop_dropout
-from compiler_svc.passes.global_pool import reduce_mean_to_global_pool
-from compiler_svc.passes.lone_bn import lone_batchnorm_to_mul_add
-from compiler_svc.passes.names import name_nodes
-from compiler_svc.passes.opset import convert_opset
-from compiler_svc.passes.ort_basic import ort_basic
-from compiler_svc.passes.shapes import (
+from npusim.compiler_svc.passes._context import PassContext
+from npusim.compiler_svc.passes.cleanup import cleanup
+from npusim.compiler_svc.passes.dropout import drop_dropout
+from npusim.compiler_svc.passes.global_pool import reduce_mean_to_global_pool
+from npusim.compiler_svc.passes.lone_bn import lone_batchnorm_to_mul_add
+from npusim.compiler_svc.passes.names import name_nodes
+from npusim.compiler_svc.passes.opset import convert_opset
+from npusim.compiler_svc.passes.ort_basic import ort_basic
+from npusim.compiler_svc.passes.shapes import (
     check_input_shapes,
     fix_input_shapes,
     infer_shapes,
 )
-from services.errors import InvalidModel
+from npusim.services.errors import InvalidModel
 
 __all__ = ["optimize_model", "PASSES"]
 
@@ -45,7 +45,7 @@ def optimize_model(model: onnx.ModelProto | bytes, input_shapes: Mapping[str, Se
     Raises InvalidModel for a model (or ``input_shapes``) it cannot make that of.
     """
     if isinstance(model, (bytes, bytearray)):
-        from compiler_svc.loader import load_model
+        from npusim.compiler_svc.loader import load_model
 
         model = load_model(bytes(model))
     ctx = PassContext(opset_version=opset_version, input_shapes=check_input_shapes(input_shapes))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from compiler_svc.passes._context import PassContext
+from npusim.compiler_svc.passes._context import PassContext
 
 
 def cleanup(m: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:

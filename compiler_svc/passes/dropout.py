@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import onnx
 
-from compiler_svc.passes._context import PassContext
+from npusim.compiler_svc.passes._context import PassContext
 
 
 def drop_dropout(m: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:

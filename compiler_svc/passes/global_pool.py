@@ -9,7 +9,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from compiler_svc.passes._context import PassContext
+from npusim.compiler_svc.passes._context import PassContext
 
 
 def reduce_mean_to_global_pool(m: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compiler_svc.passes._context import PassContext
+from npusim.compiler_svc.passes._context import PassContext
 
 
 def lone_batchnorm_to_mul_add(m: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:

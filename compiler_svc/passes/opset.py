@@ -28,10 +28,10 @@ import numpy as np
 import onnx
 from onnx import defs, helper, numpy_helper, version_converter
 
-from compiler_svc.graph import attr
-from compiler_svc.loader import opset_of
-from compiler_svc.passes._context import PassContext
-from services.errors import InvalidModel
+from npusim.compiler_svc.graph import attr
+from npusim.compiler_svc.loader import opset_of
+from npusim.compiler_svc.passes._context import PassContext
+from npusim.services.errors import InvalidModel
 
 log = logging.getLogger("npusim.compiler")
 

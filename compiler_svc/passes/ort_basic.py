@@ -13,8 +13,8 @@ import tempfile
 import onnx
 import onnxruntime as ort
 
-from compiler_svc.passes._context import PassContext
-from services.errors import InvalidModel
+from npusim.compiler_svc.passes._context import PassContext
+from npusim.services.errors import InvalidModel
 
 
 def ort_basic(m: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:

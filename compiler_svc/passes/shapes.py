@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from compiler_svc.passes._context import PassContext
-from services.errors import InvalidModel
+from npusim.compiler_svc.passes._context import PassContext
+from npusim.services.errors import InvalidModel
 
 __all__ = ["check_input_shapes", "fix_input_shapes", "infer_shapes"]
 

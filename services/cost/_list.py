@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.cost.rules import Rule, conv, eltwise, free, gemm, move, pool, reduce
+from npusim.services.cost.rules import Rule, conv, eltwise, free, gemm, move, pool, reduce
 
 RULES: dict[str, Rule] = {
     "Conv": conv, "ConvTranspose": conv,

@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from services.cost.work import Gemm
-from services.hw import Hardware
+from npusim.services.cost.work import Gemm
+from npusim.services.hw import Hardware
 
 __all__ = ["ArrayCost", "fold_overhead", "mac_cycles", "vector_cycles"]
 

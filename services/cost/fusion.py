@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import onnx
 
-from services.cost.work import QDQ, Work
+from npusim.services.cost.work import QDQ, Work
 
 __all__ = ["passes"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from services.cost.work import QDQ, Shapes, Work
+from npusim.services.cost.work import QDQ, Shapes, Work
 
 __all__ = ["SramPlan", "plans", "sram_summary"]
 

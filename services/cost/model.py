@@ -20,14 +20,14 @@ from typing import Any
 import onnx
 from onnx import numpy_helper
 
-from services.cost._list import RULES
-from services.cost.array import mac_cycles, vector_cycles
-from services.cost.fusion import passes
-from services.cost.memory import SramPlan, plans
-from services.cost.rules import CONV_GROUP_LIMIT
-from services.cost.work import QDQ, Shapes, Work
-from services.errors import UnsupportedOperator
-from services.hw import Target, TimingParams, timing_params
+from npusim.services.cost._list import RULES
+from npusim.services.cost.array import mac_cycles, vector_cycles
+from npusim.services.cost.fusion import passes
+from npusim.services.cost.memory import SramPlan, plans
+from npusim.services.cost.rules import CONV_GROUP_LIMIT
+from npusim.services.cost.work import QDQ, Shapes, Work
+from npusim.services.errors import UnsupportedOperator
+from npusim.services.hw import Target, TimingParams, timing_params
 
 __all__ = ["estimate", "op_work"]
 

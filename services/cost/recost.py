@@ -7,11 +7,11 @@ from typing import Any
 
 import onnx
 
-from services.cost.model import estimate, op_work
-from services.cost.work import Work
-from services.hw import Hardware, TimingParams
-from services.hw import target as resolve_target
-from services.program import NpuStage, Program
+from npusim.services.cost.model import estimate, op_work
+from npusim.services.cost.work import Work
+from npusim.services.hw import Hardware, TimingParams
+from npusim.services.hw import target as resolve_target
+from npusim.services.program import NpuStage, Program
 
 __all__ = ["LAYOUT_OPS", "layout_costs", "program_weights", "recost_program", "recost_stage"]
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import onnx
 from onnx import helper
 
-from services.cost.work import Gemm, Shapes, Work
-from services.errors import CompileError
+from npusim.services.cost.work import Gemm, Shapes, Work
+from npusim.services.errors import CompileError
 
 __all__ = ["CONV_GROUP_LIMIT", "Rule", "conv", "eltwise", "free", "gemm", "move", "pool", "reduce"]
 

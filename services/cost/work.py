@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from services.errors import CompileError
-from services.layout import padded
+from npusim.services.errors import CompileError
+from npusim.services.layout import padded
 
 __all__ = ["QDQ", "Gemm", "Shapes", "Work"]
 

@@ -2,7 +2,7 @@
 
 No weights can be downloaded here, so every model npusim ships is made from a seed, then made to
 behave like a trained network: BatchNorm statistics and classifier heads are calibrated on
-image-like sample inputs (see :mod:`services.zoo.builder`). Used by the demo, the tests, the
+image-like sample inputs (see :mod:`npusim.services.zoo.builder`). Used by the demo, the tests, the
 scenarios and the benchmarks.
 
     small_cnn      [1,3,64,64] → logits [1,10]                        the demo's model

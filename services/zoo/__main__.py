@@ -1,4 +1,4 @@
-"""``python -m services.zoo``: build every registered model and print its shapes, cost and build time."""
+"""``python -m npusim.services.zoo``: build every registered model and print its shapes, cost and build time."""
 
 from __future__ import annotations
 

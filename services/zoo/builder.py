@@ -283,7 +283,7 @@ def calibrate(model: onnx.ModelProto, batches: Sequence[Sequence[np.ndarray]], h
     """Set BatchNormalization statistics and classifier-head scales from sample inputs.
 
     ``batches`` is a list of samples, each a list with one array per graph input (the format of
-    :func:`services.zoo.sample_inputs`); they are concatenated along axis 0 and run as one batch.
+    :func:`npusim.services.zoo.sample_inputs`); they are concatenated along axis 0 and run as one batch.
     After this, on inputs like these, each BatchNormalization's output is ≈ N(beta, gamma²) per
     channel, and each head's logits are centred, with a standard deviation of about ``spread``.
     """

@@ -24,7 +24,7 @@ def resnet34(*, batch: int = 1, height: int = 224, width: int = 224, classes: in
     """ResNet-34: ≈3.6 GMAC and ≈21.8 M parameters at 224×224, input "input", output "logits".
 
     Stages of 3, 4, 6 and 3 basic blocks (64, 128, 256, 512 channels) after the 7×7 stem and
-    MaxPool; otherwise as :func:`services.zoo.resnet50`: BatchNorms kept unless ``fold_bn``, and
+    MaxPool; otherwise as :func:`npusim.services.zoo.resnet50`: BatchNorms kept unless ``fold_bn``, and
     statistics and classifier calibrated on 224×224 images whatever ``height``/``width`` is, so
     the weights depend only on ``seed`` (it can be built at 1200×1200, say, with the same weights).
     """

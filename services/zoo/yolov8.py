@@ -67,7 +67,7 @@ def yolov8_like(*, seed: int = 0, height: int = 640, width: int = 640, depth: fl
     Resize and Concats (no lateral convs); SiLU as x·Sigmoid(x) and BatchNorms folded, as
     Ultralytics exports. Inputs are pixels in [0, 1]. ``height`` and ``width`` must be
     multiples of 32. Calibrated on 640×640 images whatever the input size, like
-    :func:`services.zoo.yolov5_like`.
+    :func:`npusim.services.zoo.yolov5_like`.
     """
     if height % 32 or width % 32:
         raise ValueError(f"yolov8_like needs height and width that are multiples of 32, not {height}×{width}")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from client.ops import _native
+from npusim.client.ops import _native
 
 
 @pytest.fixture(params=["native", "portable", "fallback"])

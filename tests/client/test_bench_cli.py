@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from client.bench import BenchConfig, bench
-from services.zoo import small_cnn
+from npusim.client.bench import BenchConfig, bench
+from npusim.services.zoo import small_cnn
 from tests.helpers import RunningStack
 
 _candidate = Path(sys.executable).with_name("npusim")

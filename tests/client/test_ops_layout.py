@@ -1,6 +1,6 @@
 """Lower, Unlower, Pad and Slice: the fast NHWC kernels (compiled shuffles for byte tensors; without them,
-two wide onnxruntime transposes) give exactly ``services.layout``'s lowered tensor, Unlower
-inverts Lower, every other layout still goes through ``services.layout``, Pad and Slice equal
+two wide onnxruntime transposes) give exactly ``npusim.services.layout``'s lowered tensor, Unlower
+inverts Lower, every other layout still goes through ``npusim.services.layout``, Pad and Slice equal
 ``layout.pad_last``/``slice_last``, and outputs are new arrays. Every test runs with the compiled kernels (AVX2 and portable C) and without them. Correctness only."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.ops import _transpose, load_op
-from services import layout
+from npusim.client.ops import _transpose, load_op
+from npusim.services import layout
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("kernels")]
 
@@ -129,7 +129,7 @@ def test_the_image_sized_tensors_take_the_compiled_kernels(kernels: str, monkeyp
     for name in ("to_planar", "to_interleaved"):
         real = getattr(_transpose, name)
         monkeypatch.setattr(_transpose, name, lambda x, *a, real=real, name=name: calls.append(name) or real(x, *a))
-    from client.ops import lower, unlower
+    from npusim.client.ops import lower, unlower
     monkeypatch.setattr(lower, "to_planar", _transpose.to_planar)
     monkeypatch.setattr(unlower, "to_interleaved", _transpose.to_interleaved)
     x = _data((1, 640, 640, 3), np.int8)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.ops import load_op
-from client.ops.quantize import _quantize
+from npusim.client.ops import load_op
+from npusim.client.ops.quantize import _quantize
 from tests.qdq_reference import qdq_reference
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("kernels")]
@@ -130,7 +130,7 @@ def test_the_compiled_kernels_are_built() -> None:
     """The install compiles them (setup.py); without a compiler the slower kernels would serve
     silently, so CI insists."""
     import importlib
-    assert importlib.import_module("client.ops._simd").features() is not None
+    assert importlib.import_module("npusim.client.ops._simd").features() is not None
 
 
 @pytest.mark.parametrize("scale", [1e-40, 1e-38, 2.0**-101, 2.0**-100, 3e-5, 2.0**100, 2.0**101, 1e30, 3e38])
@@ -155,7 +155,7 @@ def test_quantize_random_bit_patterns_equal_the_numpy_kernel(scale: float) -> No
 
 def test_tensors_take_the_compiled_kernels(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """So the equalities above cover the compiled kernels; without them, numpy serves."""
-    from client.ops import dequantize, quantize
+    from npusim.client.ops import dequantize, quantize
     used: list[str] = []
     monkeypatch.setattr(quantize, "_quantize", lambda *a: used.append("np-q") or np.zeros(a[0].shape, np.int8))
     monkeypatch.setattr(dequantize, "_dequantize", lambda *a: used.append("np-dq") or np.zeros(a[0].shape, np.float32))

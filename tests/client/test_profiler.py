@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 
-from client import _profiler
-from client._profiler import ENV_OUTPUT_PATH, Profiler, RecordFormat, Resource, profile, session_profiler
-from services import tracing
-from services.errors import ConfigError
+from npusim.client import _profiler
+from npusim.client._profiler import ENV_OUTPUT_PATH, Profiler, RecordFormat, Resource, profile, session_profiler
+from npusim.services import tracing
+from npusim.services.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.chrome_trace import chrome_trace, write_chrome_trace
+from npusim.services.chrome_trace import chrome_trace, write_chrome_trace
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import profile, session
-from client._profiler import ENV_OUTPUT_PATH
-from services.zoo import small_cnn
+from npusim.client import profile, session
+from npusim.client._profiler import ENV_OUTPUT_PATH
+from npusim.services.zoo import small_cnn
 from tests.helpers import RunningStack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,9 +73,9 @@ def test_tables_from_real_requests(use_stack: RunningStack, tmp_path: Path) -> N
 
 ENV_CLIENT = """
 import numpy as np
-from client import session
-from client._profiler import session_profiler
-from services.zoo import small_cnn
+from npusim.client import session
+from npusim.client._profiler import session_profiler
+from npusim.services.zoo import small_cnn
 
 x = np.zeros((1, 3, 64, 64), np.float32)
 # session_profiler()/close() are what a session does with the variable set; one more use per

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client import _profiler_tables as tables
+from npusim.client import _profiler_tables as tables
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import create_queue, create_runner, session, sync
-from client.serving import NuxModel, NuxModelConfig
-from services.errors import (
+from npusim.client import create_queue, create_runner, session, sync
+from npusim.client.serving import NuxModel, NuxModelConfig
+from npusim.services.errors import (
     ConfigError,
     QueueWaitTimeout,
     SessionClosed,
     SessionTerminated,
 )
-from services.protocol import Kind
-from services.rpc import Peer
-from services.zoo import small_cnn
+from npusim.services.protocol import Kind
+from npusim.services.rpc import Peer
+from npusim.services.zoo import small_cnn
 from tests.helpers import RunningStack
 
 SHAPE = (1, 3, 64, 64)
@@ -250,8 +250,8 @@ def test_closing_with_requests_queued_ends_each_in_one_error(use_stack: RunningS
 _CTRL_C = """
 import json, signal, sys, numpy as np
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from client import session
-from services.zoo import small_cnn
+from npusim.client import session
+from npusim.services.zoo import small_cnn
 submitter, queue = session.create_async(small_cnn(), worker_num=2)
 print(json.dumps(submitter._engine.pool.pids()), flush=True)
 x = np.zeros((1, 3, 64, 64), np.float32)
@@ -310,8 +310,8 @@ def _alive(pid: int) -> bool:
 
 _PLAIN = """
 import numpy as np
-from client import session
-from services.zoo import small_cnn
+from npusim.client import session
+from npusim.services.zoo import small_cnn
 with session.create(small_cnn()) as sess:
     for _ in range(3):
         sess.run(np.zeros((1, 3, 64, 64), np.float32))
@@ -427,9 +427,9 @@ def test_negative_legacy_timeout_is_a_runtime_error_like_the_sdk(use_stack: Runn
 
 
 def test_pes_beat_as_soon_as_each_opens(monkeypatch: pytest.MonkeyPatch) -> None:
-    from client import _open
-    from services.discovery import Stack
-    from services.errors import DeviceBusy
+    from npusim.client import _open
+    from npusim.services.discovery import Stack
+    from npusim.services.errors import DeviceBusy
 
     events: list[str] = []
 
@@ -448,6 +448,6 @@ def test_pes_beat_as_soon_as_each_opens(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def _open_specs(text: str) -> list:  # type: ignore[type-arg]
-    from services.devices import parse_devices
+    from npusim.services.devices import parse_devices
 
     return parse_devices(text)

@@ -43,8 +43,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize
-from services.zoo import build, sample_inputs
+from npusim.compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize
+from npusim.services.zoo import build, sample_inputs
 from tests.programs import run_program
 
 pytestmark = pytest.mark.timeout(60)

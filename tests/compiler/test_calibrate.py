@@ -15,14 +15,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler_svc.calibrate import CalibrationMethod, Calibrator
-from compiler_svc.calibrate._list import OBSERVERS
-from compiler_svc.calibrate.base import MIN_WIDTH
-from compiler_svc.calibrate.calibrator import float_tensors
-from compiler_svc.calibrate.entropy import _side_table, asym_thresholds, sym_threshold
-from compiler_svc.calibrate.histogram import SLOTS, HistogramObserver, StreamingHistogram
-from compiler_svc.calibrate.noise import side_noise
-from services.errors import CalibrationError
+from npusim.compiler_svc.calibrate import CalibrationMethod, Calibrator
+from npusim.compiler_svc.calibrate._list import OBSERVERS
+from npusim.compiler_svc.calibrate.base import MIN_WIDTH
+from npusim.compiler_svc.calibrate.calibrator import float_tensors
+from npusim.compiler_svc.calibrate.entropy import _side_table, asym_thresholds, sym_threshold
+from npusim.compiler_svc.calibrate.histogram import SLOTS, HistogramObserver, StreamingHistogram
+from npusim.compiler_svc.calibrate.noise import side_noise
+from npusim.services.errors import CalibrationError
 
 pytestmark = pytest.mark.timeout(30)
 

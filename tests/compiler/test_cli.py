@@ -23,7 +23,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from services.program import OpStep, Program
+from npusim.services.program import OpStep, Program
 
 pytestmark = pytest.mark.timeout(120)
 

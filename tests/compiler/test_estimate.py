@@ -18,15 +18,15 @@ from typing import Any
 import onnx
 import pytest
 
-from client.hostcost import measure_steps
-from compiler_svc.estimate import MODES, estimate_cmd, estimate_program, stage_timing
-from compiler_svc.pipeline import CompileOptions, compile_model
-from services.cost import recost_stage
-from services.errors import ConfigError, InvalidInput
-from services.hw import WARBOY, timing_params
-from services.program import Program
-from services.timing import single_stream, throughput
-from services.zoo import mnist, small_cnn
+from npusim.client.hostcost import measure_steps
+from npusim.compiler_svc.estimate import MODES, estimate_cmd, estimate_program, stage_timing
+from npusim.compiler_svc.pipeline import CompileOptions, compile_model
+from npusim.services.cost import recost_stage
+from npusim.services.errors import ConfigError, InvalidInput
+from npusim.services.hw import WARBOY, timing_params
+from npusim.services.program import Program
+from npusim.services.timing import single_stream, throughput
+from npusim.services.zoo import mnist, small_cnn
 from tests.helpers import short_dir
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,9 +14,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler_svc import optimize_model
-from services import zoo
-from services.errors import InvalidModel
+from npusim.compiler_svc import optimize_model
+from npusim.services import zoo
+from npusim.services.errors import InvalidModel
 
 pytestmark = pytest.mark.timeout(60)
 

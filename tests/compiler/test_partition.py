@@ -23,12 +23,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from client.ops import load_op
-from compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize
-from compiler_svc.config import ACCEPTED
-from services import zoo
-from services.errors import InvalidCompilerConfig
-from services.program import CpuStep, NpuStep, OpStep, Program
+from npusim.client.ops import load_op
+from npusim.compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize
+from npusim.compiler_svc.config import ACCEPTED
+from npusim.services import zoo
+from npusim.services.errors import InvalidCompilerConfig
+from npusim.services.program import CpuStep, NpuStep, OpStep, Program
 from tests.programs import run_program
 
 pytestmark = pytest.mark.timeout(60)

@@ -8,18 +8,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from client.ops import load_op
-from compiler_svc import (
+from npusim.client.ops import load_op
+from npusim.compiler_svc import (
     CalibrationMethod,
     Calibrator,
     compile,
     optimize_model,
     quantize,
 )
-from compiler_svc.graph import GraphIndex, toposort
-from npu_daemon.execute import to_device, to_graph
-from services.errors import InvalidCompilerConfig, InvalidModel
-from services.program import CpuStep, NpuStep, OpStep, Program
+from npusim.compiler_svc.graph import GraphIndex, toposort
+from npusim.npu_daemon.execute import to_device, to_graph
+from npusim.services.errors import InvalidCompilerConfig, InvalidModel
+from npusim.services.program import CpuStep, NpuStep, OpStep, Program
 from tests.programs import run_program, session
 
 pytestmark = pytest.mark.timeout(120)

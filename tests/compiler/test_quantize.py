@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from client.ops import load_op
-from compiler_svc import (
+from npusim.client.ops import load_op
+from npusim.compiler_svc import (
     CalibrationMethod,
     Calibrator,
     ModelEditor,
@@ -26,8 +26,8 @@ from compiler_svc import (
     optimize_model,
     quantize,
 )
-from services.errors import CalibrationError, InvalidModel
-from services.program import CpuStep, NpuStep, OpStep, Program
+from npusim.services.errors import CalibrationError, InvalidModel
+from npusim.services.program import CpuStep, NpuStep, OpStep, Program
 from tests.programs import run_program
 
 pytestmark = pytest.mark.timeout(30)

@@ -15,17 +15,17 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler_svc import (
+from npusim.compiler_svc import (
     CalibrationMethod,
     Calibrator,
     compile,
     optimize_model,
     quantize,
 )
-from compiler_svc.calibrate import random_samples
-from compiler_svc.pipeline import CompileOptions, compile_model
-from services.errors import CalibrationError, CompileError, InvalidModel
-from services.program import CpuStep
+from npusim.compiler_svc.calibrate import random_samples
+from npusim.compiler_svc.pipeline import CompileOptions, compile_model
+from npusim.services.errors import CalibrationError, CompileError, InvalidModel
+from npusim.services.program import CpuStep
 from tests.programs import run_program
 
 pytestmark = pytest.mark.timeout(60)
@@ -322,9 +322,8 @@ def _integer_input_model(elem: int) -> onnx.ModelProto:
 @pytest.mark.parametrize("elem", [TensorProto.UINT8, TensorProto.INT64])
 def test_random_samples_let_the_pipeline_calibrate_integer_inputs(elem: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the pipeline's 'random' mode does once it takes its samples from here."""
-    import compiler_svc.pipeline
-
-    monkeypatch.setattr(compiler_svc.pipeline, "random_samples", random_samples)
+    from npusim.compiler_svc import pipeline
+    monkeypatch.setattr(pipeline, "random_samples", random_samples)
     program, _ = compile_model(_integer_input_model(elem).SerializeToString(),
                                CompileOptions(target_npu="warboy", calibration_samples=2))
     assert program.inputs[0].dtype == np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name

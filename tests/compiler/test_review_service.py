@@ -29,7 +29,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler_svc import (
+from npusim.compiler_svc import (
     CalibrationMethod,
     Calibrator,
     compile,
@@ -38,19 +38,19 @@ from compiler_svc import (
     quantize,
     server,
 )
-from compiler_svc.cache import ProgramCache, compiler_digest
-from compiler_svc.cli import compile_cmd
-from compiler_svc.pipeline import CompileOptions, cache_key, compile_model
-from compiler_svc.server import CompilerService
-from services.errors import (
+from npusim.compiler_svc.cache import ProgramCache, compiler_digest
+from npusim.compiler_svc.cli import compile_cmd
+from npusim.compiler_svc.pipeline import CompileOptions, cache_key, compile_model
+from npusim.compiler_svc.server import CompilerService
+from npusim.services.errors import (
     InvalidCompilerConfig,
     InvalidModel,
     NpusimError,
     ServiceError,
 )
-from services.program import FORMAT_VERSION, CpuStep, Program
-from services.protocol import Kind, Message
-from services.rpc import Peer
+from npusim.services.program import FORMAT_VERSION, CpuStep, Program
+from npusim.services.protocol import Kind, Message
+from npusim.services.rpc import Peer
 from tests.helpers import serving, short_dir
 
 pytestmark = pytest.mark.timeout(60)

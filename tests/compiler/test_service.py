@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler_svc.cache import ProgramCache, default_cache_dir
-from compiler_svc.pipeline import CompileOptions, cache_key, compile_model
-from compiler_svc.server import CompilerService
-from services.errors import ConfigError, InvalidCompilerConfig, InvalidModel, NpusimError
-from services.program import Program
-from services.protocol import Kind, Message
-from services.rpc import Peer
-from services.zoo import mnist
+from npusim.compiler_svc.cache import ProgramCache, default_cache_dir
+from npusim.compiler_svc.pipeline import CompileOptions, cache_key, compile_model
+from npusim.compiler_svc.server import CompilerService
+from npusim.services.errors import ConfigError, InvalidCompilerConfig, InvalidModel, NpusimError
+from npusim.services.program import Program
+from npusim.services.protocol import Kind, Message
+from npusim.services.rpc import Peer
+from npusim.services.zoo import mnist
 from tests.helpers import serving, short_dir, start_stack
 
 pytestmark = pytest.mark.timeout(60)

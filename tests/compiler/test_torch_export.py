@@ -47,10 +47,10 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
-from compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize  # noqa: E402
-from compiler_svc.loader import opset_of  # noqa: E402
-from services.errors import InvalidModel  # noqa: E402
-from services.program import CpuStep, OpStep, Program  # noqa: E402
+from npusim.compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize  # noqa: E402
+from npusim.compiler_svc.loader import opset_of  # noqa: E402
+from npusim.services.errors import InvalidModel  # noqa: E402
+from npusim.services.program import CpuStep, OpStep, Program  # noqa: E402
 from tests.programs import run_program  # noqa: E402
 
 TARGET = "warboy-2pe"

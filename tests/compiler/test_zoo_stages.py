@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize
-from services import zoo
-from services.program import NpuStep, OpStep
+from npusim.compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize
+from npusim.services import zoo
+from npusim.services.program import NpuStep, OpStep
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from compiler_svc.estimate import estimate_program
-from compiler_svc.pipeline import CompileOptions, compile_model
-from services.hw import WARBOY, Hardware, with_overrides
-from services.program import Program
-from services.protocol import Kind
-from services.rpc import Peer
-from services.zoo import mnist
+from npusim.compiler_svc.estimate import estimate_program
+from npusim.compiler_svc.pipeline import CompileOptions, compile_model
+from npusim.services.hw import WARBOY, Hardware, with_overrides
+from npusim.services.program import Program
+from npusim.services.protocol import Kind
+from npusim.services.rpc import Peer
+from npusim.services.zoo import mnist
 from tests.helpers import start_stack
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import session
-from services import stack_cli
-from services.errors import ConfigError
-from services.top import pe_rates, top
-from services.zoo import small_cnn
+from npusim.client import session
+from npusim.services import stack_cli
+from npusim.services.errors import ConfigError
+from npusim.services.rates import pe_rates
+from npusim.services.top import top
+from npusim.services.zoo import small_cnn
 from tests.helpers import RunningStack, start_stack
 
 X = np.zeros((1, 3, 64, 64), np.float32)
@@ -31,7 +32,7 @@ def _free_port() -> int:
 
 
 def _npusim(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "npusim.services.cli", *args], capture_output=True, text=True,
                           timeout=timeout_s, stdin=subprocess.DEVNULL)
 
 
@@ -99,7 +100,7 @@ def test_top_once_json_shows_the_busy_pe(use_metered: tuple[RunningStack, int]) 
     stack, _ = use_metered
     with session.create(small_cnn(), device="npu0pe0") as sess:
         sess.run(X)
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "top", "--once", "--format", "json",
+        proc = subprocess.Popen([sys.executable, "-m", "npusim.services.cli", "top", "--once", "--format", "json",
                                  "--interval", "1", "--run-dir", str(stack.run_dir)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         try:
@@ -161,7 +162,7 @@ def test_metrics_endpoint_counts_jobs(use_metered: tuple[RunningStack, int]) -> 
 @pytest.mark.timeout(60)
 def test_a_taken_metrics_port_fails_the_start_clearly(metered: tuple[RunningStack, int], ipc_dir: Path) -> None:
     _, port = metered
-    res = subprocess.run([sys.executable, "-m", "npu_daemon", "--name", "npu9", "--run-dir", str(ipc_dir),
+    res = subprocess.run([sys.executable, "-m", "npusim.npu_daemon", "--name", "npu9", "--run-dir", str(ipc_dir),
                           "--bind", f"ipc://{ipc_dir}/npu9.sock", "--metrics-port", str(port)],
                          capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL)
     assert res.returncode == 2

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import zmq
 
-from npu_daemon.server import DaemonOptions, DaemonService
-from services.errors import DeviceError
-from services.program import NpuStage, NpuStep, Program, TensorSpec
-from services.protocol import Kind
-from services.rpc import Peer
-from services.zoo import identity
+from npusim.npu_daemon.server import DaemonOptions, DaemonService
+from npusim.services.errors import DeviceError
+from npusim.services.program import NpuStage, NpuStep, Program, TensorSpec
+from npusim.services.protocol import Kind
+from npusim.services.rpc import Peer
+from npusim.services.zoo import identity
 from tests.helpers import serving, short_dir
 
 pytestmark = pytest.mark.timeout(60)

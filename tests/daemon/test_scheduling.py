@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from compiler_svc.pipeline import CompileOptions, compile_model
-from services import launch
-from services.errors import DeviceBusy, DeviceError, DeviceNotFound, TargetMismatch
-from services.program import NpuStage, NpuStep, Program, TensorSpec
-from services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind, decode
-from services.rpc import Peer
-from services.hw import timing_params
-from services.timing import DeviceClock, StageTiming, single_stream, throughput
-from services.zoo import GraphBuilder, denoiser, identity, mnist
+from npusim.compiler_svc.pipeline import CompileOptions, compile_model
+from npusim.services import launch
+from npusim.services.errors import DeviceBusy, DeviceError, DeviceNotFound, TargetMismatch
+from npusim.services.program import NpuStage, NpuStep, Program, TensorSpec
+from npusim.services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind, decode
+from npusim.services.rpc import Peer
+from npusim.services.hw import timing_params
+from npusim.services.timing import DeviceClock, StageTiming, single_stream, throughput
+from npusim.services.zoo import GraphBuilder, denoiser, identity, mnist
 from tests.helpers import short_dir, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -193,8 +193,8 @@ def test_program_opens_only_on_its_targets_pes(opener: Opener, target: str, pe: 
 _HOLDER = """
 import os, sys, time
 import numpy as np
-from services.protocol import Kind
-from services.rpc import Peer
+from npusim.services.protocol import Kind
+from npusim.services.rpc import Peer
 endpoint, pe, mode, path = sys.argv[1:5]
 body = {"pe": pe, "session": "holder"}
 if mode == "pid":

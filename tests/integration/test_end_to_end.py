@@ -6,9 +6,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from client import session
-from services.errors import InvalidDtype, InvalidInput, SessionClosed
-from services.zoo import small_cnn
+from npusim.client import session
+from npusim.services.errors import InvalidDtype, InvalidInput, SessionClosed
+from npusim.services.zoo import small_cnn
 from tests.helpers import RunningStack
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client import session
-from services.errors import (
+from npusim.client import session
+from npusim.services.errors import (
     DeviceBusy,
     DeviceError,
     DeviceNotFound,
@@ -32,9 +32,9 @@ from services.errors import (
     SessionClosed,
     WorkerCrashed,
 )
-from services.protocol import Kind
-from services.rpc import Peer
-from services.zoo import small_cnn
+from npusim.services.protocol import Kind
+from npusim.services.rpc import Peer
+from npusim.services.zoo import small_cnn
 from tests.helpers import RunningStack, start_stack
 from tests.helpers import alive as _alive
 from tests.helpers import wait_until as _wait_until
@@ -320,8 +320,8 @@ def test_device_exclusivity_across_sessions(use_stack: RunningStack) -> None:
 # -- 4. a client that dies releases its device ------------------------------------------------
 _HOLDER = """
 import sys, time
-from client import session
-from services.zoo import small_cnn
+from npusim.client import session
+from npusim.services.zoo import small_cnn
 s = session.create(small_cnn(), device="npu0pe0-1")
 print("opened", s.device, s._pool._dir, flush=True)
 time.sleep(120)
@@ -369,8 +369,8 @@ def test_device_released_when_client_dies(monkeypatch: pytest.MonkeyPatch) -> No
 _EMBEDDED = """
 import json, sys, time
 import numpy as np
-from client import _stack, session
-from services.zoo import small_cnn
+from npusim.client import _stack, session
+from npusim.services.zoo import small_cnn
 s = session.create(small_cnn())
 (y,) = s.run(np.zeros((1, 3, 64, 64), np.float32))
 assert y.shape == (1, 10)

@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 import zmq
 
-from services.errors import ProtocolError, ServiceError
-from services.program import Program
-from services.protocol import BODY, DTYPES, VERSION, Kind, Message, decode, encode
-from services.rpc import Peer
-from services.zoo import small_cnn
+from npusim.services.errors import ProtocolError, ServiceError
+from npusim.services.program import Program
+from npusim.services.protocol import BODY, DTYPES, VERSION, Kind, Message, decode, encode
+from npusim.services.rpc import Peer
+from npusim.services.zoo import small_cnn
 from tests.fuzzing import Frames, mutate, pack, perturb, pick, rand_bytes, rand_value
 from tests.helpers import RunningStack, start_stack
 

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from client import session
-from compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize
-from services import zoo
-from services.program import CpuStep, OpStep, Program
+from npusim.client import session
+from npusim.compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize
+from npusim.services import zoo
+from npusim.services.program import CpuStep, OpStep, Program
 from tests.helpers import RunningStack
 from tests.programs import run_program
 

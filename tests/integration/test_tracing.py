@@ -30,10 +30,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-import client
-from client import _profiler, session
-from services import tracing
-from services.zoo import small_cnn
+from npusim import client
+from npusim.client import _profiler, session
+from npusim.services import tracing
+from npusim.services.zoo import small_cnn
 from tests.helpers import RunningStack, start_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,8 +158,8 @@ class OtlpReceiver:
 
 CLIENT_SCRIPT = """
 import numpy as np
-from client import session
-from services.zoo import small_cnn
+from npusim.client import session
+from npusim.services.zoo import small_cnn
 
 rng = np.random.default_rng(3)
 sess = session.create(small_cnn(), device="npu0pe0-1")

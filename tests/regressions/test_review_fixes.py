@@ -24,18 +24,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-import npu_daemon.server as daemon_server
-from client import _heartbeat, session
-from client import _engine as client_engine
-from client import _session as client_session
-from client._open import target_of
-from client._workers import WorkerPool
-from compiler_svc.cache import ProgramCache
-from compiler_svc.pipeline import CompileOptions, compile_model
-from compiler_svc.server import CompilerService
-from npu_daemon.execute import Executor
-from services.devices import parse_devices
-from services.errors import (
+import npusim.npu_daemon.server as daemon_server
+from npusim.client import _heartbeat, session
+from npusim.client import _engine as client_engine
+from npusim.client import _session as client_session
+from npusim.client._open import target_of
+from npusim.client._workers import WorkerPool
+from npusim.compiler_svc.cache import ProgramCache
+from npusim.compiler_svc.pipeline import CompileOptions, compile_model
+from npusim.compiler_svc.server import CompilerService
+from npusim.npu_daemon.execute import Executor
+from npusim.services.devices import parse_devices
+from npusim.services.errors import (
     ConfigError,
     DeviceUnavailable,
     ProtocolError,
@@ -44,11 +44,11 @@ from services.errors import (
     WorkerCrashed,
     from_wire,
 )
-from services.program import Program
-from services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind, Message, decode
-from services.rpc import Peer
-from services.server import Request, Service
-from services.zoo import small_cnn
+from npusim.services.program import Program
+from npusim.services.protocol import HEARTBEAT_INTERVAL_S, HEARTBEAT_LIVENESS, Kind, Message, decode
+from npusim.services.rpc import Peer
+from npusim.services.server import Request, Service
+from npusim.services.zoo import small_cnn
 from tests.helpers import RunningStack, alive, serving, wait_until
 
 X = np.zeros((1, 3, 64, 64), np.float32)

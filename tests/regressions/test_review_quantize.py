@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.ops import load_op
+from npusim.client.ops import load_op
 from tests.qdq_reference import qdq_reference
 
 pytestmark = pytest.mark.timeout(60)

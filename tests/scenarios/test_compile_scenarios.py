@@ -39,12 +39,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from client.ops import load_op
-from compiler_svc import (CalibrationMethod, Calibrator, ModelEditor, TensorType, compile, optimize_model,
+from npusim.client.ops import load_op
+from npusim.compiler_svc import (CalibrationMethod, Calibrator, ModelEditor, TensorType, compile, optimize_model,
                           quantize)
-from compiler_svc.estimate import estimate_program
-from services.program import NpuStep, OpStep, Program
-from services.zoo import GraphBuilder, mnist, sample_inputs, yolox_like
+from npusim.compiler_svc.estimate import estimate_program
+from npusim.services.program import NpuStep, OpStep, Program
+from npusim.services.zoo import GraphBuilder, mnist, sample_inputs, yolox_like
 from tests.programs import run_program, session
 
 pytestmark = pytest.mark.timeout(120)

@@ -43,8 +43,8 @@ EXPECTED = {"request": "npusim-client", "session.create": "npusim-client", "comp
 CLIENT = """
 import sys
 import numpy as np
-from client import profile, session
-from services.zoo import small_cnn
+from npusim.client import profile, session
+from npusim.services.zoo import small_cnn
 
 x = np.random.default_rng(10).standard_normal((1, 3, 64, 64)).astype(np.float32)
 with open(sys.argv[1], "w") as f, profile(file=f) as prof:

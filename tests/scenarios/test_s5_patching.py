@@ -35,10 +35,10 @@ import numpy as np
 import onnx
 import pytest
 
-from client import session
-from compiler_svc import CalibrationMethod, Calibrator, optimize_model, quantize
-from services.zoo import denoiser, sample_inputs
-from services.zoo.denoiser import receptive_radius
+from npusim.client import session
+from npusim.compiler_svc import CalibrationMethod, Calibrator, optimize_model, quantize
+from npusim.services.zoo import denoiser, sample_inputs
+from npusim.services.zoo.denoiser import receptive_radius
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from client import session
-from client.bench import BenchConfig, bench
-from services.zoo import small_cnn
+from npusim.client import session
+from npusim.client.bench import BenchConfig, bench
+from npusim.services.zoo import small_cnn
 from tests.helpers import start_stack
 
 pytestmark = pytest.mark.timeout(240)

@@ -14,13 +14,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize
-from compiler_svc.support import NPU_OPS
-from services import zoo
-from services.cost import Gemm, estimate, fold_overhead, mac_cycles, op_work, vector_cycles
-from services.cost._list import RULES
-from services.errors import CompileError
-from services.hw import WARBOY, TimingParams, target, with_overrides
+from npusim.compiler_svc import CalibrationMethod, Calibrator, compile, optimize_model, quantize
+from npusim.compiler_svc.support import NPU_OPS
+from npusim.services import zoo
+from npusim.services.cost import Gemm, estimate, fold_overhead, mac_cycles, op_work, vector_cycles
+from npusim.services.cost._list import RULES
+from npusim.services.errors import CompileError
+from npusim.services.hw import WARBOY, TimingParams, target, with_overrides
 
 PEAK = TimingParams(stream_efficiency=1.0, runtime_overhead_ns=0.0)
 RATE = WARBOY.dram_bytes_per_s / WARBOY.clock_hz  # DRAM bytes per cycle
@@ -323,7 +323,7 @@ def test_weights_stream_once_per_sub_batch_when_a_batch_does_not_fit() -> None:
     chip = with_overrides(WARBOY, ["sram_per_slice=16384"])  # 1 MiB: the weights cannot stay
     program = compile(q, target_npu="warboy", batch_size=4)
     (stage,) = program.stages
-    from services.cost import recost_stage
+    from npusim.services.cost import recost_stage
     ops, est = recost_stage(stage, "warboy", chip, PEAK, batch=4)  # type: ignore[arg-type]
     assert not est["weights_resident"] and 1 <= est["sub_batch"] < 4
     runs = -(-4 // est["sub_batch"])

@@ -1,11 +1,11 @@
-"""The device-string grammar of ``services.devices.parse_devices``."""
+"""The device-string grammar of ``npusim.services.devices.parse_devices``."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.devices import DEFAULT_DEVICES, AnyPe, NamedPe, parse_devices
-from services.errors import ConfigError
+from npusim.services.devices import DEFAULT_DEVICES, AnyPe, NamedPe, parse_devices
+from npusim.services.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 

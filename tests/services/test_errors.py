@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services import errors
-from services.errors import (
+from npusim.services import errors
+from npusim.services.errors import (
     BY_CODE,
     ConfigError,
     InvalidDtype,
@@ -17,7 +17,7 @@ from services.errors import (
     from_wire,
     to_wire,
 )
-from services.protocol import Kind, decode, encode, error_message
+from npusim.services.protocol import Kind, decode, encode, error_message
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services import layout
-from services.layout import LANE, lower, lowered_shape, pad_last, padded, slice_last, unlower
+from npusim.services import layout
+from npusim.services.layout import LANE, lower, lowered_shape, pad_last, padded, slice_last, unlower
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,8 +7,8 @@ import struct
 import msgpack
 import pytest
 
-from services.errors import InvalidModel
-from services.program import (
+from npusim.services.errors import InvalidModel
+from npusim.services.program import (
     FORMAT_VERSION,
     MAGIC,
     CpuStep,

@@ -2,7 +2,7 @@
 
 ``decode`` is the trust boundary of every service: whatever arrives, it must return a
 :class:`Message` or raise :class:`ProtocolError`. Anything else escapes the service loop
-(see ``services.server.Service._dispatch``) and kills the process.
+(see ``npusim.services.server.Service._dispatch``) and kills the process.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import zmq
 
-from services import protocol
-from services.errors import NpusimError, ProtocolError, to_wire
-from services.protocol import (
+from npusim.services import protocol
+from npusim.services.errors import NpusimError, ProtocolError, to_wire
+from npusim.services.protocol import (
     DTYPES,
     MAX_HEADER_BYTES,
     VERSION,

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from services import sockets
-from services.config import ENV_CURVE_DIR
-from services.errors import ConfigError
-from services.sockets import (
+from npusim.services import sockets
+from npusim.services.config import ENV_CURVE_DIR
+from npusim.services.errors import ConfigError
+from npusim.services.sockets import (
     IPC_PATH_MAX,
     CurveKeys,
     bind,
@@ -298,8 +298,8 @@ def test_curve_service_stops(tmp_path: Path) -> None:
     """Run in a child process: the hang must not leak into the test process."""
     script = textwrap.dedent(f"""
         import os, threading
-        from services.sockets import generate_keys
-        from services.server import Service
+        from npusim.services.sockets import generate_keys
+        from npusim.services.server import Service
         keys = generate_keys({str(tmp_path / "keys")!r})
         svc = Service("curve-test", "tcp://127.0.0.1:0", keys=keys)
         t = threading.Thread(target=svc.serve_forever, daemon=True)

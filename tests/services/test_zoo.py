@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from services import zoo
-from services.zoo import GraphBuilder, MODELS, build, identity, sample_inputs, small_cnn
+from npusim.services import zoo
+from npusim.services.zoo import GraphBuilder, MODELS, build, identity, sample_inputs, small_cnn
 
 pytestmark = pytest.mark.timeout(60)
 
