@@ -3,7 +3,7 @@
 A local model — ``npusim.services.zoo.denoiser``: five 3×3 convolutions with ReLU and a residual, no
 pooling or stride, so an output pixel depends only on the input within ``halo`` = 5 pixels of
 it — can be run on an image cut into overlapping patches and the patch interiors stitched back
-(``tests/scenarios/test_s5_patching.py`` checks that this equals whole-image inference in the
+(``tests/scenarios/test_patched_inference.py`` checks that this equals whole-image inference in the
 interior, bit for bit). A patch of ``size`` × ``size`` input pixels yields a ``core`` of
 ``size − 2·halo`` output pixels; an H × W image needs ``⌈H/core⌉ · ⌈W/core⌉`` patches (the image
 is padded by the halo at its borders). Small patches waste work on the halo and pay the per-job

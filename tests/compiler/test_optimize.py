@@ -1,7 +1,8 @@
-"""``optimize_model``: opset conversion, static shapes, constant folding, BatchNormalization
-fusion and lowering, Identity/Dropout removal, node naming — each checked on a small model
-built here with ``onnx.helper`` and against onnxruntime (the optimised model must compute
-the same outputs as the original), then on every model of the zoo.
+"""``optimize_model``: opset conversion, static shapes (and the checks on ``input_shapes``),
+constant folding, BatchNormalization fusion and lowering, Identity/Dropout removal, node naming,
+invalid models — each checked on a small model built here with ``onnx.helper`` and against
+onnxruntime (the optimised model must compute the same outputs as the original), then on every
+model of the zoo. Operators of newer opsets are in ``test_optimize_newer_opsets.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from npusim.compiler_svc import optimize_model
+from npusim.compiler_svc.pipeline import CompileOptions, compile_model
 from npusim.services import zoo
-from npusim.services.errors import InvalidModel
+from npusim.services.errors import CompileError, InvalidModel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -200,6 +202,57 @@ def test_input_shapes_of_the_wrong_rank_is_refused() -> None:
         optimize_model(m, input_shapes={"x": [3, 8, 8]})
 
 
+def _conv4(x_shape: list[int | str]) -> onnx.ModelProto:
+    """Conv x → y, 4 channels in and out, with the 3×3 weight ``w1``."""
+    w1 = numpy_helper.from_array((_rng(0).standard_normal((4, 4, 3, 3)) * 0.5).astype(np.float32), "w1")
+    return _model([helper.make_node("Conv", ["x", "w1"], ["y"], pads=[1, 1, 1, 1])], [("x", x_shape)],
+                  [("y", None)], [w1])
+
+
+def _dynamic_model() -> onnx.ModelProto:
+    return _conv4(["N", 4, "H", 32])
+
+
+@pytest.mark.parametrize("bad", ["a", -8, 0, 8.5, 8.0, True, None], ids=repr)
+def test_input_shapes_dims_must_be_positive_integers(bad: object) -> None:
+    with pytest.raises(InvalidModel, match=r"input_shapes\['x'\] dim 2 is .*positive integer"):
+        optimize_model(_dynamic_model(), input_shapes={"x": [1, 4, bad, 32]})  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("bad", [8, "1,4,8,32", {"x": 1}], ids=repr)
+def test_input_shapes_must_map_names_to_lists(bad: object) -> None:
+    with pytest.raises(InvalidModel, match="input_shapes"):
+        optimize_model(_dynamic_model(), input_shapes={"x": bad})  # type: ignore[dict-item]
+    with pytest.raises(InvalidModel, match="must map input names"):
+        optimize_model(_dynamic_model(), input_shapes=[("x", [1, 4, 8, 32])])  # type: ignore[arg-type]
+
+
+def test_input_shapes_may_not_change_a_static_dim() -> None:
+    with pytest.raises(InvalidModel, match=r"input_shapes\['x'\] sets dim 1 to 5, but the model fixes it at 4"):
+        optimize_model(_dynamic_model(), input_shapes={"x": [1, 5, 8, 32]})
+
+
+def test_input_shapes_may_repeat_static_dims_and_use_numpy_ints() -> None:
+    out = optimize_model(_dynamic_model(), input_shapes={"x": [np.int64(1), 4, np.int32(8), 32]})
+    assert [d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == [1, 4, 8, 32]
+    out = optimize_model(_dynamic_model(), input_shapes={"x": np.array([1, 4, 16, 32])})
+    assert [d.dim_value for d in out.graph.input[0].type.tensor_type.shape.dim] == [1, 4, 16, 32]
+
+
+def test_input_shapes_naming_an_unknown_input_lists_the_real_ones() -> None:
+    with pytest.raises(InvalidModel, match=r"unknown inputs: image; the model's inputs are \['x'\]"):
+        optimize_model(_dynamic_model(), input_shapes={"image": [1, 4, 8, 32]})
+
+
+def test_pipeline_input_shapes_are_checked_before_calibration() -> None:
+    data = _dynamic_model().SerializeToString()
+    # CompileError: the pipeline may check the option itself (InvalidCompilerConfig) before optimize_model does
+    with pytest.raises(CompileError, match=r"input_shapes.*8\.5"):
+        compile_model(data, CompileOptions(input_shapes={"x": [1, 4, 8.5, 32]}, calibration_samples=1))
+    with pytest.raises(InvalidModel, match="dim 1"):
+        compile_model(data, CompileOptions(input_shapes={"x": [1, 5, 8, 32]}, calibration_samples=1))
+
+
 # -- constant folding -------------------------------------------------------------------
 def test_constant_nodes_holding_weights_become_initializers() -> None:
     w = _rng(1).standard_normal((2, 3, 3, 3)).astype(np.float32)
@@ -352,6 +405,17 @@ def test_a_model_onnxruntime_cannot_load_is_invalid() -> None:
 def test_garbage_bytes_are_invalid() -> None:
     with pytest.raises(InvalidModel, match="cannot parse the model"):
         optimize_model(b"\x08\x07garbage" * 10)
+
+
+def _invalid(*args: object, **kwargs: object) -> None:
+    raise onnx.checker.ValidationError("Field 'shape' of 'type' is required but missing.")
+
+
+def test_a_checker_failure_in_optimize_model_is_invalid_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = _conv4([1, 4, 8, 32])
+    monkeypatch.setattr(onnx.checker, "check_model", _invalid)
+    with pytest.raises(InvalidModel, match="not valid ONNX: Field 'shape'"):
+        optimize_model(m)
 
 
 # -- the zoo --------------------------------------------------------------------------------

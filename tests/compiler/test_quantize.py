@@ -1,6 +1,6 @@
 """``quantize()``: per-channel int8 weights and int8 activations as QDQ; the uint8 input and
 uint8/int8 output options (keyword and ModelEditor forms) and what they leave in a compiled
-program; the errors for inputs it cannot quantise.
+program; the errors for inputs it cannot quantise (and for a result the checker refuses).
 
 The float models are small (a 2-input conv net with an image output and a logits output),
 optimised and calibrated once per module.
@@ -483,3 +483,20 @@ def test_a_model_with_an_integer_output_quantises() -> None:
     q = quantize(m, cal.compute_range())
     program = compile(q)
     assert program.outputs[0].dtype == "int64"
+
+
+def _invalid(*args: object, **kwargs: object) -> None:
+    raise onnx.checker.ValidationError("Field 'shape' of 'type' is required but missing.")
+
+
+def test_a_checker_failure_in_quantize_is_invalid_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w1"], ["y"], pads=[1, 1, 1, 1])], "g",
+                          [helper.make_tensor_value_info("x", FLOAT, [1, 4, 8, 32])],
+                          [helper.make_tensor_value_info("y", FLOAT, None)], [_init("w1", (4, 4, 3, 3), 0)])
+    m = optimize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    monkeypatch.setattr(onnx.checker, "check_model", _invalid)
+    with pytest.raises(InvalidModel, match="quantised model is not valid ONNX: Field 'shape'"):
+        cal = Calibrator(m, CalibrationMethod.MIN_MAX_ASYM)
+        cal.collect_data([[np.random.default_rng(s).standard_normal((1, 4, 8, 32)).astype(np.float32)]
+                          for s in range(2)], progress=False)
+        quantize(m, cal.compute_range())

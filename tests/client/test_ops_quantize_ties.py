@@ -1,9 +1,11 @@
-"""Regression test for the review finding on the host Quantize operator (client/ops/quantize.py).
+"""The host Quantize operator (client/ops/quantize.py) on rounding ties: it equals onnxruntime's
+QuantizeLinear bit for bit, on values on and next to a tie, on ordinary and saturating values,
+and leaves its input alone.
 
-It multiplied by ``1/scale``; onnxruntime's QuantizeLinear divides by ``scale`` and rounds half
-to even, so a value on (or next to) a rounding tie could land on the other integer and the
-program's output differed from the quantised model's. The operator must equal QuantizeLinear
-bit for bit.
+It once multiplied by ``1/scale``; QuantizeLinear divides by ``scale`` and rounds half to even,
+so a value on (or next to) a rounding tie could land on the other integer and the program's
+output differed from the quantised model's. These tests run on the kernels as the process
+picks them (``test_ops_quantize.py`` runs its cases on every kernel set).
 """
 
 from __future__ import annotations

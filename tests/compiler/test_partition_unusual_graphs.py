@@ -1,5 +1,9 @@
-"""Regressions from the partition review: every program runs its steps in order with nothing
-missing, reproduces its quantised model exactly, and the layout options keep the numbers."""
+"""The partitioner on unusual graphs: a device tensor that is also read by a CPU step, tensors
+passed NPU to NPU, outputs that are inputs, constants or listed twice, rank-5 and scalar
+tensors, unnamed nodes. Every program runs its steps in order with nothing missing, reproduces
+its quantised model exactly, and the layout options (remove_lower / remove_unlower) keep the
+numbers; ``Program.validate``, ``toposort`` and ``GraphIndex`` refuse or survive what the
+partitioner relies on. (The partitioner's rules one by one are in ``test_partition.py``.)"""
 
 from __future__ import annotations
 

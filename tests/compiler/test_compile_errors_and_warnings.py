@@ -1,12 +1,12 @@
-"""Regression tests for the review findings on the compiler service, its cache, CLI and pipeline.
+"""What the compiler refuses, and what it warns about, before doing any work:
 
-- 7: the cache key covers the program format version and the compiler's own source; an
-  entry that no longer parses is deleted and the program compiled again (service and CLI);
-- 8: option elements are type-checked with an error naming the option, and every COMPILE
-  request ends in exactly one reply, an unexpected exception included;
-- 14: an already compiled program handed to the compiler says so;
-- 16: option mistakes surface before calibration, with errors that say what to do, and
-  options an already quantised model makes moot are reported as warnings.
+- option elements are type-checked, in process and over the wire, with an error naming the
+  option;
+- an already compiled program handed to the compiler (``compile``, the service, ``npusim
+  compile``) says so;
+- option mistakes surface before calibration, with errors that say what to do;
+- options an already quantised model makes moot, and operators that fall back to the CPU, are
+  reported as warnings in the program and the compile info.
 
 Service tests run an in-process CompilerService on a thread (ipc socket in a short private
 directory under /tmp).
@@ -14,12 +14,7 @@ directory under /tmp).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
-import hashlib
-import struct
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,26 +31,22 @@ from npusim.compiler_svc import (
     optimize_model,
     pipeline,
     quantize,
-    server,
 )
-from npusim.compiler_svc.cache import ProgramCache, compiler_digest
-from npusim.compiler_svc.cli import compile_cmd
-from npusim.compiler_svc.pipeline import CompileOptions, cache_key, compile_model
+from npusim.compiler_svc.cache import ProgramCache
+from npusim.compiler_svc.pipeline import CompileOptions, compile_model
 from npusim.compiler_svc.server import CompilerService
 from npusim.services.errors import (
     InvalidCompilerConfig,
     InvalidModel,
     NpusimError,
-    ServiceError,
 )
-from npusim.services.program import FORMAT_VERSION, CpuStep, Program
+from npusim.services.program import CpuStep, Program
 from npusim.services.protocol import Kind, Message
 from npusim.services.rpc import Peer
+from tests.compiler.compile_cli import compile_cli as _cli
 from tests.helpers import serving, short_dir
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -64,7 +55,7 @@ def _w(name: str, shape: tuple[int, ...], seed: int = 0) -> onnx.TensorProto:
 
 
 def _model(nodes: list[onnx.NodeProto], outputs: list[str], inits: list[onnx.TensorProto],
-           name: str = "review") -> onnx.ModelProto:
+           name: str = "g") -> onnx.ModelProto:
     g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 32])],
                           [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
@@ -134,93 +125,7 @@ def _request(endpoint: str, model: bytes, options: Any) -> Message:
         return peer.request(Kind.COMPILE, {"options": options}, [("model", np.frombuffer(model, np.uint8))])
 
 
-# -- 7: the cache key and unreadable entries --------------------------------------------------
-def test_the_cache_key_covers_the_program_format_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    before = cache_key(CONV, CompileOptions())
-    monkeypatch.setattr(pipeline, "FORMAT_VERSION", FORMAT_VERSION + 1)
-    assert cache_key(CONV, CompileOptions()) != before
-
-
-def test_the_cache_key_covers_the_compiler_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    before = cache_key(CONV, CompileOptions())
-    monkeypatch.setattr(pipeline, "compiler_digest", lambda: "0" * 64)
-    assert cache_key(CONV, CompileOptions()) != before
-
-
-def test_the_compiler_digest_hashes_the_compiler_the_cost_model_and_what_a_program_holds() -> None:
-    services = ROOT / "services"
-    files = (sorted((ROOT / "compiler_svc").rglob("*.py")) + sorted((services / "cost").rglob("*.py"))
-             + [services / n for n in ("program.py", "layout.py", "hw.py", "timing.py")])
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    assert compiler_digest() == h.hexdigest()
-    assert any(f.parent.name == "partition" for f in files)  # subpackages too
-    assert any(f.name == "array.py" for f in files)  # a change to the cost model is a new key
-    compiler_digest()
-    assert compiler_digest.cache_info().currsize == 1  # computed once per process
-
-
-def _corrupt(entry: Path, how: str) -> None:
-    blob = bytearray(entry.read_bytes())
-    if how == "old_format":  # what an entry written by a v1-era npusim looks like
-        blob[8:10] = struct.pack("<H", FORMAT_VERSION - 1)
-        entry.write_bytes(bytes(blob))
-    else:
-        entry.write_bytes(bytes(blob[: len(blob) // 2]))
-
-
-def test_cache_load_deletes_an_entry_that_does_not_parse(tmp_path: Path) -> None:
-    cache = ProgramCache(tmp_path / "c", max_bytes=1 << 20)
-    cache.put("bad", b"NPUSIMEF but not a program")
-    assert cache.load("bad") is None
-    assert not (tmp_path / "c" / "bad.enf").exists()
-    assert (cache.hits, cache.misses) == (0, 1)
-    program, _ = compile_model(CONV, CompileOptions(calibration_samples=1))
-    cache.put("good", program.to_bytes())
-    hit = cache.load("good")
-    assert hit is not None and hit[0] == program.to_bytes() and isinstance(hit[1], Program)
-    assert (cache.hits, cache.misses) == (1, 1)
-
-
-@pytest.mark.parametrize("how", ["old_format", "truncated"])
-def test_the_service_recompiles_over_an_unreadable_cache_entry(service: CompilerService, how: str) -> None:
-    model = _conv(seed={"old_format": 11, "truncated": 12}[how]).SerializeToString()
-    first = _request(service.endpoint, model, {"calibration_samples": 1})
-    entry = Path(service.cache.directory) / f"{first.body['info']['key']}.enf"
-    _corrupt(entry, how)
-    second = _request(service.endpoint, model, {"calibration_samples": 1})
-    assert second.kind == Kind.COMPILED and second.body["cached"] is False
-    Program.from_bytes(entry.read_bytes())  # the entry was replaced by a good one
-    third = _request(service.endpoint, model, {"calibration_samples": 1})
-    assert third.body["cached"] is True
-
-
-def _cli(model: Path, out: Path, **kw: Any) -> Path:
-    args: dict[str, Any] = {"model": model, "output": out, "target_npu": "warboy", "batch_size": 1,
-                            "compiler_config": None, "calibration_method": "MIN_MAX_ASYM", "calibration_data": "random",
-                            "calibration_samples": 1, "with_quantize": True, "normalized_pixel_outputs": [],
-                            "no_cache": False}
-    args.update(kw)
-    return compile_cmd(**args)
-
-
-@pytest.mark.parametrize("how", ["old_format", "truncated"])
-def test_the_cli_recompiles_over_an_unreadable_cache_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           how: str) -> None:
-    monkeypatch.setenv("NPUSIM_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("NPUSIM_CACHE_MAX_BYTES", str(1 << 30))
-    src = tmp_path / "m.onnx"
-    onnx.save(_conv(), src)
-    first = _cli(src, tmp_path / "a.enf")
-    (entry,) = (tmp_path / "cache").glob("*.enf")
-    _corrupt(entry, how)
-    second = _cli(src, tmp_path / "b.enf")  # compiles again instead of failing on the entry
-    assert Program.from_bytes(second.read_bytes()).target == Program.from_bytes(first.read_bytes()).target
-    Program.from_bytes(entry.read_bytes())  # the entry was replaced by a good one
-
-
-# -- 8: option types, and one reply per request ------------------------------------------------
+# -- option types ------------------------------------------------------------------------------
 @pytest.mark.parametrize("options, option", [
     ({"input_shapes": {"x": [1, "a", 8, 32]}}, "input_shapes"),
     ({"input_shapes": {"x": "1,4,8,32"}}, "input_shapes"),
@@ -252,86 +157,7 @@ def test_options_that_are_not_a_mapping_are_a_named_error(service: CompilerServi
         _request(service.endpoint, CONV, [["batch_size", 2]])
 
 
-class _Counting:
-    """Wraps a service's ``reply``: how many replies each request got."""
-
-    def __init__(self, svc: CompilerService, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.counts: dict[int, int] = {}
-        self._lock = threading.Lock()
-        original = svc.reply
-
-        def reply(req: Any, msg: Message) -> None:
-            with self._lock:
-                self.counts[id(req)] = self.counts.get(id(req), 0) + 1
-            original(req, msg)
-
-        monkeypatch.setattr(svc, "reply", reply)
-
-
-def test_an_unexpected_exception_in_a_compile_is_an_internal_error_reply(monkeypatch: pytest.MonkeyPatch) -> None:
-    started = threading.Event()
-    calls = []
-
-    def broken(*_: Any, **__: Any) -> None:
-        calls.append(1)
-        started.set()
-        time.sleep(0.5)  # long enough for the second request to join the first
-        raise RuntimeError("boom in a pass")
-
-    monkeypatch.setattr(server, "compile_model", broken)
-    with _service(workers=2) as svc:
-        counting = _Counting(svc, monkeypatch)
-        with cf.ThreadPoolExecutor(2) as pool:
-            first = pool.submit(_request, svc.endpoint, CONV, {})
-            assert started.wait(10)
-            second = pool.submit(_request, svc.endpoint, CONV, {})
-            for fut in (first, second):
-                with pytest.raises(ServiceError, match="internal error: RuntimeError: boom in a pass"):
-                    fut.result(timeout=30)
-        time.sleep(0.1)
-        assert sorted(counting.counts.values()) == [1, 1]
-        assert len(calls) == 1  # the second request waited for the first's result
-        monkeypatch.undo()  # the service still compiles
-        assert _request(svc.endpoint, CONV, {"calibration_samples": 1}).kind == Kind.COMPILED
-
-
-@pytest.mark.parametrize("where", ["cache_key", "cache.load", "program_info", "cache.put"])
-def test_an_exception_anywhere_in_the_worker_still_gets_one_reply(monkeypatch: pytest.MonkeyPatch,
-                                                                  where: str) -> None:
-    def broken(*_: Any, **__: Any) -> None:
-        raise TypeError(f"broken {where}")
-
-    with _service() as svc:
-        model = _conv(seed=21).SerializeToString()
-        if where == "program_info":  # the cache hit path: compile once first
-            _request(svc.endpoint, model, {"calibration_samples": 1})
-        counting = _Counting(svc, monkeypatch)
-        if where.startswith("cache."):
-            monkeypatch.setattr(svc.cache, where.split(".")[1], broken)
-        else:
-            monkeypatch.setattr(server, where, broken)
-        if where == "cache.put":  # a cache fault costs the cache, not the compile
-            assert _request(svc.endpoint, model, {"calibration_samples": 1}).kind == Kind.COMPILED
-        else:
-            with pytest.raises(ServiceError, match=f"internal error: TypeError: broken {where}"):
-                _request(svc.endpoint, model, {"calibration_samples": 1})
-        time.sleep(0.1)
-        assert list(counting.counts.values()) == [1]
-
-
-def test_options_the_validation_missed_still_get_one_reply(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reviewer's repro: options built without validation (bytes inside) reach the worker."""
-    with _service() as svc:
-        counting = _Counting(svc, monkeypatch)
-        monkeypatch.setattr(server.CompileOptions, "from_dict",
-                            classmethod(lambda cls, d: cls(**d)))  # skip validate()
-        with pytest.raises(ServiceError, match="internal error: TypeError"):
-            _request(svc.endpoint, CONV, {"input_shapes": {"x": b"\x01"}})
-        time.sleep(0.1)
-        assert list(counting.counts.values()) == [1]
-
-
-# -- 14: a compiled program handed to the compiler ---------------------------------------------
+# -- a compiled program handed to the compiler ------------------------------------------------
 @pytest.fixture(scope="module")
 def enf(conv_q: bytes) -> bytes:
     return compile(conv_q, target_npu="warboy").to_bytes()
@@ -358,7 +184,7 @@ def test_npusim_compile_of_an_enf_file_says_so(tmp_path: Path, enf: bytes, calib
     assert not (tmp_path / "out.enf").exists()
 
 
-# -- 16: earlier and clearer errors, and warnings for ignored options --------------------------
+# -- earlier and clearer errors, and warnings for ignored options -----------------------------
 def test_an_output_index_out_of_range_is_a_config_error_before_calibration(no_calibration: None) -> None:
     data = _two_outputs().SerializeToString()
     with pytest.raises(InvalidCompilerConfig, match=r"normalized_pixel_outputs: 2 .* 2 output\(s\) .*use 0–1") as ei:
