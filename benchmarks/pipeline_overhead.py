@@ -130,14 +130,16 @@ def measure(n: int, shape: tuple[int, ...], echo: RawEcho, tmp: str) -> dict[str
     from npusim.client import session
 
     x = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-    out: dict[str, list[float]] = {"pipeline": [], "raw": [], "chain": []}
+    out: dict[str, list[float]] = {"pipeline": [], "raw": [], "chain": [], **{h: [] for h in HOPS}}
     chain = echo.chain(x.nbytes, tmp)
     try:
         with session.create(identity_program(shape)) as sess:
             for i in range(n + max(2, n // 10)):
+                m0 = time.monotonic_ns()
                 t0 = time.perf_counter()
                 y = sess.run(x)
                 t1 = time.perf_counter()
+                m1 = time.monotonic_ns()
                 echo.roundtrip(x)
                 t2 = time.perf_counter()
                 chain.roundtrip()
@@ -146,10 +148,32 @@ def measure(n: int, shape: tuple[int, ...], echo: RawEcho, tmp: str) -> dict[str
                     out["pipeline"].append((t1 - t0) * 1e6)
                     out["raw"].append((t2 - t1) * 1e6)
                     out["chain"].append((t3 - t2) * 1e6)
+                    for h, us in hops(sess.last_timing, m0, m1).items():
+                        out[h].append(us)
             assert np.array_equal(y[0], x), "the identity program changed its input"
     finally:
         chain.close()
     return out
+
+
+HOPS = {
+    "caller_to_job_sent": "caller: check the inputs, queue the job, copy them into the arena, send JOB",
+    "job_to_worker": "JOB over the session's socket until the worker has it",
+    "worker_to_daemon": "worker: decode JOB, send RUN with the bytes; the daemon wakes and reads it",
+    "daemon": "daemon: decode, schedule, (compute), encode and send RESULT",
+    "daemon_to_worker_done": "RESULT with the bytes to the worker; decode, outputs into the arena, DONE",
+    "done_to_client": "DONE over the session's socket; the client decodes it and copies the outputs out",
+    "client_to_caller": "resolve the job's future and return the arrays",
+}
+"""One request's path, hop by hop, from the ``time.monotonic_ns`` stamps each process puts in its
+timing (one clock for all processes of a host)."""
+
+
+def hops(t: dict, m0: int, m1: int) -> dict[str, float]:
+    c = t["client"]
+    marks = [m0, c["sent_ns"], t["worker_received_ns"], t["arrival_ns"], t["sent_ns"], t["worker_sent_ns"],
+             c["done_ns"], m1]
+    return {h: (b - a) / 1e3 for h, a, b in zip(HOPS, marks, marks[1:])}
 
 
 def stats(xs: list[float]) -> dict[str, float]:
@@ -185,6 +209,7 @@ def main() -> None:
                 "ratio_p50": path["p50_us"] / raw["p50_us"],
                 "above_floor_p50_us": path["p50_us"] - chain["p50_us"],
                 "ratio_to_floor_p50": path["p50_us"] / chain["p50_us"],
+                "hops_p50_us": {h: float(np.percentile(m[h], 50)) for h in HOPS},
             }
     finally:
         if echo is not None:
@@ -203,6 +228,10 @@ def main() -> None:
               f"{r['raw_zmq_rt_p50_us']:>9.0f}µs {r['chain_floor_p50_us']:>8.0f}µs "
               f"{r['overhead_p50_us']:>14.0f}µs {r['ratio_p50']:>5.2f}× {r['above_floor_p50_us']:>10.0f}µs "
               f"{r['ratio_to_floor_p50']:>7.2f}×")
+    print("\none request hop by hop, p50 (the hops' p50s need not add up to the total's):")
+    print(f"{'hop':<24}" + "".join(f"{label:>9}" for label in results) + "   what happens")
+    for h, what in HOPS.items():
+        print(f"{h:<24}" + "".join(f"{r['hops_p50_us'][h]:>7.0f}µs" for r in results.values()) + f"   {what}")
 
 
 if __name__ == "__main__":

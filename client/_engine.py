@@ -3,10 +3,16 @@
 ``Session.run``, the legacy ``create_async`` queues, the asyncio ``create_runner`` /
 ``create_queue`` and their ``sync`` twins, and ``NuxModel`` are thin faces of one
 :class:`Engine`. A caller's thread submits a job (the input queue is bounded: ``submit``
-blocks when it is full); one dispatcher thread owns the worker pool's socket, hands queued
-jobs to idle workers, and resolves each job's future when its worker answers. So CPU work
-of one request overlaps NPU work of others exactly when there are several workers, which
-is the seed's point about ``worker_num``.
+blocks when it is full); one thread at a time holds the *pump*: it owns the worker pool's
+socket, hands queued jobs to idle workers, and resolves each job's future when its worker
+answers. So CPU work of one request overlaps NPU work of others exactly when there are
+several workers, which is the seed's point about ``worker_num``.
+
+Who pumps: a caller that waits for its own job (:meth:`Engine.run`) takes the pump when it
+is free and drives the pool until its job is done. Handing every request to another thread
+and back costs two thread wake-ups, which on a small host is a good part of a request's
+latency. Jobs nobody waits for (queues, asyncio) are driven by the dispatcher thread, which
+parks while there are none; whoever gives up the pump with work left wakes it.
 
 Every submitted job ends in exactly one result or one error: a dead worker fails its job
 with WorkerCrashed and is replaced; a lost device fails the queued jobs at once; closing
@@ -23,6 +29,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +71,8 @@ log = logging.getLogger("npusim.client")
 ENV_DEVICES = "NPUSIM_DEVICES"
 DEFAULT_QUEUE_SIZE = 1024  # the SDK's legacy queues were "much larger" than its new ones; so are ours
 _NO_FD = -1
+HOUSEKEEPING_S = 0.5
+"""How often an idle dispatcher looks at the workers (one that died is replaced)."""
 _live: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -105,6 +114,8 @@ class _Job:
     traceparent: str | None = None
     span: Any = None
     counts_output: bool = False  # its result waits in a bounded output queue
+    submitted_ns: int = 0  # time.monotonic_ns() when queued, and when handed to a worker
+    sent_ns: int = 0
 
 
 class Engine:
@@ -130,7 +141,9 @@ class Engine:
         self.live = _heartbeat.Liveness()
         self.pool: WorkerPool | None = None
         self.opened: list[Opened] = []
-        self._cv = threading.Condition()
+        lock = threading.Lock()
+        self._cv = threading.Condition(lock)  # room in the input queue; the engine's state
+        self._work = threading.Condition(lock)  # the idle dispatcher waits here for work nobody pumps
         self._queue: collections.deque[_Job] = collections.deque()
         self._running: dict[int, _Job] = {}
         self._undelivered = 0
@@ -141,6 +154,7 @@ class Engine:
         self._wake_r, self._wake_w = _NO_FD, _NO_FD
         self._wake_lock = threading.Lock()  # the dispatcher closes the pipe while others may write to it
         self._thread: threading.Thread | None = None
+        self._pumper: int | None = None  # threading.get_ident() of the thread driving the pool, if any
         self._beating: list[Opened] = []
         self._pid = os.getpid()  # a forked child must not close (or wait for) its parent's session
         tracing.setup_tracing("client", instance="client")
@@ -204,12 +218,14 @@ class Engine:
         return len(self._queue) >= self.input_limit and not self._closing and self.live.lost is None
 
     def submit(self, arrays: list[np.ndarray], context: Any = None, *, block: bool = True,
-               counts_output: bool = False) -> cf.Future[Result]:
+               counts_output: bool = False, pump: bool = False) -> cf.Future[Result]:
         """Queue one job of checked input arrays; blocks while the input queue is full (or raises
-        QueueFull when ``block`` is False)."""
+        QueueFull when ``block`` is False). With ``pump``, the calling thread takes the pump when
+        nobody holds it, and must then drive it (:meth:`run`)."""
         self.check_open()
         tensors = [(s.name, a) for s, a in zip(self.program.inputs, arrays)]
-        job = _Job(0, tensors, context, cf.Future(), collecting(), counts_output=counts_output)
+        job = _Job(0, tensors, context, cf.Future(), collecting(), counts_output=counts_output,
+                   submitted_ns=time.monotonic_ns())
         if tracing.active():
             job.span = tracing.tracer().start_span("Inference", attributes={"device": self.device})
             job.traceparent = tracing.inject(trace.set_span_in_context(job.span))
@@ -229,8 +245,39 @@ class Engine:
             if counts_output:
                 self._undelivered += 1
             self._queue.append(job)
-        self._wake()
+            pumped = self._pumper is not None
+            if pump and not pumped:
+                self._pumper = threading.get_ident()
+                return job.future
+            if not pumped:
+                self._work.notify()  # the parked dispatcher takes the pump
+        if pumped:
+            self._wake()  # the thread polling the workers starts it
         return job.future
+
+    def run(self, arrays: list[np.ndarray]) -> Result:
+        """Submit one job and wait for it. When no other thread is driving the workers, the calling
+        thread drives them itself until its job is done, so a lone request costs no hand-off
+        between threads; otherwise it waits like any other job."""
+        fut = self.submit(arrays, pump=True)
+        if self._pumper == threading.get_ident():
+            try:
+                while not fut.done():
+                    self._pump_once()
+            finally:
+                self._unpump()
+        return self.wait(fut)
+
+    def wait(self, fut: cf.Future[Result]) -> Result:
+        """A job's result. The engine ends every job it accepted, even when it stops; the check
+        guards against a job it could no longer end (a bug), so no caller waits forever."""
+        while True:
+            try:
+                return fut.result(timeout=1.0)
+            except cf.TimeoutError:
+                if self.wait_closed(0) and not fut.done():
+                    raise SessionClosed("the session stopped without answering this request; this is a bug in "
+                                        "npusim, please report it") from None
 
     def wait_room(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds until the input queue has room (or the engine closes);
@@ -259,11 +306,13 @@ class Engine:
             elif not drain:
                 self._drain = False
             self._cv.notify_all()
+            self._work.notify_all()
         if self._thread is None:
             self._release()
             return
         self._wake()
-        if wait and threading.current_thread() is not self._thread:
+        me = threading.current_thread()
+        if wait and me is not self._thread and self._pumper != me.ident:
             self._closed.wait()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
@@ -294,20 +343,26 @@ class Engine:
                     pass  # the pipe is full: the thread is awake anyway
 
     def _dispatch(self) -> None:
+        """Drive the pool whenever there is work and no caller drives it; park otherwise."""
         assert self.pool is not None
+        me = threading.get_ident()
         try:
             while True:
-                self._start_jobs()
                 with self._cv:
+                    idle = False
+                    while self._pumper is not None or not (self._queue or self._running or self._closing):
+                        if not self._work.wait(HOUSEKEEPING_S) and self._pumper is None:
+                            idle = True  # a while without work: look at the workers (replace dead ones)
+                            break
                     if self._closing and not self._running and (not self._queue or not self._drain):
                         break
-                for f in self.pool.poll(100, self._wake_r):
-                    self._finish(f.rid, f.msg, f.outputs)
+                    self._pumper = me
                 try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+                    self._pump_once(0 if idle else 100)
+                    while not idle and self._has_work():
+                        self._pump_once()
+                finally:
+                    self._unpump()
         except BaseException as e:  # noqa: BLE001 - a bug here must still end every job
             log.exception("the session's dispatcher failed")
             self._fail_all(SessionClosed(f"the session's dispatcher failed ({type(e).__name__}: {e}); "
@@ -316,6 +371,9 @@ class Engine:
             with self._cv:  # whatever ended the loop, the engine takes no more jobs
                 self._closing, self._drain = True, False
                 self._cv.notify_all()
+                self._work.notify_all()
+                while self._pumper is not None:  # a caller still drives its own job to its end
+                    self._work.wait(HOUSEKEEPING_S)
             self._fail_all(SessionClosed("the session was closed before this request ran; submit it to an "
                                          "open session"))
             with self._wake_lock:
@@ -323,6 +381,35 @@ class Engine:
                 os.close(self._wake_w)
                 self._wake_r = self._wake_w = _NO_FD
             self._release()
+
+    def _pump_once(self, timeout_ms: int = 100) -> None:
+        """One turn of the pool by the thread holding the pump: start what can start, collect what
+        ended (waiting up to ``timeout_ms``, less if another thread submits)."""
+        assert self.pool is not None
+        self._start_jobs()
+        if self._closing and not self._drain and self._queue:
+            self._fail_queued(SessionClosed("the session was closed before this request ran; submit it to an "
+                                            "open session"))
+        for f in self.pool.poll(timeout_ms, self._wake_r):
+            self._finish(f.rid, f.msg, f.outputs)
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _has_work(self) -> bool:
+        """Jobs to start or to wait for, unless the engine is closing and may stop."""
+        with self._cv:
+            return bool(self._running or self._queue) and not (
+                self._closing and not self._running and (not self._queue or not self._drain))
+
+    def _unpump(self) -> None:
+        """Give the pump back; the dispatcher takes it if work is left."""
+        with self._cv:
+            self._pumper = None
+            if self._queue or self._running or self._closing:
+                self._work.notify_all()
 
     def _start_jobs(self) -> None:
         assert self.pool is not None
@@ -352,6 +439,7 @@ class Engine:
                                                        f"{e}); see the log"))
                 continue
             if started:
+                job.sent_ns = time.monotonic_ns()
                 self._running[job.rid] = job
             else:  # the worker vanished before taking it: another one will
                 with self._cv:
@@ -369,7 +457,10 @@ class Engine:
                 self.live.lost = err  # later calls fail at once; close() does not wait for it
             self._resolve(job, error=err)
         else:
-            self._resolve(job, Result(job.context, [a for _, a in outputs], msg.body.get("timing") or {}))
+            timing = msg.body.get("timing") or {}
+            timing["client"] = {"submitted_ns": job.submitted_ns, "sent_ns": job.sent_ns,
+                                "done_ns": time.monotonic_ns()}
+            self._resolve(job, Result(job.context, [a for _, a in outputs], timing))
 
     def _resolve(self, job: _Job, result: Result | None = None, error: BaseException | None = None) -> None:
         if error is not None and job.counts_output:

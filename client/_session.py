@@ -9,13 +9,12 @@ completion order.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import weakref
 from typing import Any
 
 import numpy as np
 
-from npusim.client._engine import Engine, Result
+from npusim.client._engine import Engine
 from npusim.client._model import Described, Model, pick_inputs
 from npusim.client._open import model_bytes
 from npusim.client._results import InvalidTimeout, Results
@@ -63,7 +62,7 @@ class Session(Described):
     def run(self, inputs: Any) -> TensorArray:
         """Run one inference; returns one array per model output."""
         arrays = self.model.check(inputs)
-        result = _wait(self._engine, self._engine.submit(arrays))
+        result = self._engine.run(arrays)
         self.last_timing = result.timing
         return tensor_array(result.outputs)
 
@@ -88,18 +87,6 @@ class Session(Described):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _wait(engine: Engine, fut: cf.Future[Result]) -> Result:
-    """A job's result. The engine ends every job it accepted, even when it stops; the check
-    guards against a job it could no longer end (a bug), so no caller waits forever."""
-    while True:
-        try:
-            return fut.result(timeout=1.0)
-        except cf.TimeoutError:
-            if engine.wait_closed(0) and not fut.done():
-                raise SessionClosed("the session stopped without answering this request; this is a bug in "
-                                    "npusim, please report it") from None
 
 
 class AsyncSession(Described):

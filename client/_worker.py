@@ -35,6 +35,9 @@ from npusim.services.sockets import new_socket, recv_frames, send_frames
 
 log = logging.getLogger("npusim.worker")
 
+ORPHAN_CHECK_MS = 500
+"""How long an idle worker waits for a message before it checks that its session is alive."""
+
 
 class Worker:
     def __init__(self, index: int, ctx: zmq.Context) -> None:
@@ -62,22 +65,24 @@ class Worker:
         self.arena = Arena(Path(b["arena"]), layout_of(self.program), create=False) if b.get("arena") else None
         return msg.reply(Kind.SETUP_OK)
 
-    def job(self, msg: Message) -> Message:
+    def job(self, msg: Message, received_ns: int = 0) -> Message:
+        """Run one job; its timing says when this worker got it and when it answered
+        (``time.monotonic_ns``, comparable across the processes of one host)."""
         if self.program is None or self.daemon is None:
             raise ProtocolError("JOB before SETUP")
         parent = tracing.extract(msg.traceparent)
-        collect = bool(msg.body.get("collect")) and parent is not None
         remote: list[dict[str, Any]] = []
-        with tracing.capture(collect) as spans:
-            if parent is not None:
-                with tracing.tracer().start_as_current_span(
-                        "worker.job", context=parent, attributes={"worker": self.index}):
-                    outputs, timing = self._pipeline(msg, remote)
-            else:
-                outputs, timing = self._pipeline(msg, remote)
-        body: dict[str, Any] = {"timing": timing}
-        if collect:
-            body["spans"] = [tracing.to_record(s) for s in spans] + remote
+        if parent is None:
+            outputs, timing = self._pipeline(msg, remote, traced=False)
+            body: dict[str, Any] = {"timing": timing}
+        else:
+            collect = bool(msg.body.get("collect"))
+            with tracing.capture(collect) as spans, tracing.tracer().start_as_current_span(
+                    "worker.job", context=parent, attributes={"worker": self.index}):
+                outputs, timing = self._pipeline(msg, remote, traced=True)
+            body = {"timing": timing}
+            if collect:
+                body["spans"] = [tracing.to_record(s) for s in spans] + remote
         if self.arena is not None:
             for slot, (name, y) in zip(self.arena.outputs, outputs):
                 if y.shape != slot.shape or y.dtype != slot.dtype:
@@ -85,9 +90,11 @@ class Worker:
                                        f"{slot.dtype}{slot.shape}")
                 np.copyto(slot, y)
             outputs = []
+        timing.update(worker_received_ns=received_ns, worker_sent_ns=time.monotonic_ns())
         return msg.reply(Kind.DONE, body, outputs)
 
-    def _pipeline(self, msg: Message, remote: list[dict[str, Any]]) -> tuple[list[tuple[str, np.ndarray]], dict]:
+    def _pipeline(self, msg: Message, remote: list[dict[str, Any]], *,
+                  traced: bool) -> tuple[list[tuple[str, np.ndarray]], dict]:
         """Run the program's steps over a table of named tensors."""
         assert self.program is not None and self.daemon is not None
         p = self.program
@@ -110,7 +117,7 @@ class Worker:
             elif isinstance(step, CpuStep):
                 env.update(_run_graph(runner, step, env))
             else:
-                tp = tracing.inject() if trace.get_current_span().is_recording() else None
+                tp = tracing.inject() if traced and trace.get_current_span().is_recording() else None
                 t0 = time.perf_counter_ns()
                 reply = self.daemon.request(Kind.RUN, {"handle": self.handle, "stage": step.stage, "collect": collect},
                                             [(n, env[n]) for n in step.inputs], traceparent=tp)
@@ -177,19 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     tracing.setup_tracing("worker", instance=f"worker-{args.index}")
     ctx = zmq.Context()
-    sock = new_socket(ctx, zmq.DEALER)
+    sock = new_socket(ctx, zmq.DEALER, rcvtimeo_ms=ORPHAN_CHECK_MS)
     sock.setsockopt(zmq.IDENTITY, f"w{args.index}-{os.getpid()}".encode())
     sock.connect(args.connect)
     sock.send_multipart(encode(Message(Kind.READY, 0, {"worker": args.index, "pid": os.getpid()})))
     worker = Worker(args.index, ctx)
     try:
         while True:
-            if not sock.poll(500):
+            try:
+                frames = recv_frames(sock)  # a blocking receive: one call into libzmq per job
+            except zmq.Again:
                 if os.getppid() != args.parent_pid:
                     _orphaned(args.connect, args.parent_pid)
                     return 0
                 continue
-            frames = recv_frames(sock)
+            received = time.monotonic_ns()
             try:
                 msg = decode(frames)
             except ProtocolError as e:
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 if msg.kind == Kind.SETUP:
                     reply = worker.setup(msg)
                 elif msg.kind == Kind.JOB:
-                    reply = worker.job(msg)
+                    reply = worker.job(msg, received)
                 else:
                     raise ProtocolError(f"a worker does not handle {msg.kind.name}")
             except NpusimError as e:

@@ -36,6 +36,8 @@ __all__ = ["WorkerPool"]
 log = logging.getLogger("npusim.client")
 
 START_TIMEOUT_S = 60.0
+CHECK_EVERY_S = 0.05
+"""How often the pool looks for workers that died or hung."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class WorkerPool:
         self._finished: list[Finished] = []
         self._poller: zmq.Poller | None = None
         self._poller_fd = -1
+        self._next_check = 0.0
         try:
             self.sock = new_socket(self.ctx, zmq.ROUTER)
             self.sock.bind(self.endpoint)
@@ -144,11 +147,8 @@ class WorkerPool:
             if not self._poller.poll(timeout_ms):
                 self._send_setups()
                 return
-        while True:
-            try:
-                frames = recv_frames(self.sock, zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = recv_frames(self.sock, zmq.NOBLOCK)
             try:
                 msg = decode(frames[1:])
             except NpusimError as e:
@@ -199,8 +199,12 @@ class WorkerPool:
             self._send(w, Message(Kind.SETUP, 0, body, [("program", self._blob)]))
 
     def _check_processes(self) -> None:
-        """Replace dead workers and ones that overran their job's deadline."""
+        """Replace dead workers and ones that overran their job's deadline (at most every
+        CHECK_EVERY_S: a look at every process costs a system call each)."""
         now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + CHECK_EVERY_S
         for i, w in enumerate(self.workers):
             if (rc := w.proc.poll()) is not None:
                 self._replace(i, f"worker {w.index} (pid {w.proc.pid}) died with exit code {rc}")

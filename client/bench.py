@@ -95,6 +95,14 @@ def _drive(engine: Engine, inputs: list[list[np.ndarray]], *, count: int, until:
            tick: Any = None) -> list[_Sample]:
     """Keep ``depth`` queries in flight until ``count`` are done (or ``until`` passes); their samples."""
     samples: list[_Sample] = []
+    if depth == 1:  # single stream: a caller that waits for each answer before the next query
+        while len(samples) < count if until is None else time.monotonic() < until:
+            t0 = time.perf_counter_ns()
+            result = engine.run(inputs[len(samples) % len(inputs)])
+            samples.append(_Sample(time.perf_counter_ns() - t0, result.timing))
+            if tick is not None:
+                tick()
+        return samples
     errors: list[BaseException] = []
     window = threading.Semaphore(depth)  # a slot is given back once its query is recorded
     started = 0

@@ -37,11 +37,11 @@ class Runner:
         return self._engine.device
 
     def run(self, inputs: Any) -> list[np.ndarray]:
-        return self._engine.submit(self.model.check(inputs)).result().outputs
+        return self._engine.run(self.model.check(inputs)).outputs
 
     def run_with(self, outputs: list[str], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         arrays, picked = pick_inputs(self.model, outputs, inputs)
-        results = self._engine.submit(arrays).result().outputs
+        results = self._engine.run(arrays).outputs
         return [results[i] for i in picked]
 
     def close(self) -> bool:

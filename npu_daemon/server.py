@@ -330,6 +330,7 @@ class DaemonService(Service):
         s.outstanding -= 1
         try:
             timing = self._timing(s, job.stage, times, ready)
+            timing["sent_ns"] = time.monotonic_ns()  # when the reply left (the host's clock, for hop costs)
             body: dict[str, Any] = {"timing": timing}
             parent = tracing.extract(req.msg.traceparent)
             if parent is not None:

@@ -50,7 +50,7 @@ class Peer:
         self.unavailable = unavailable
         self.max_message_bytes = max_message_bytes or env_int(ENV_MAX_MESSAGE, DEFAULT_MAX_MESSAGE_BYTES, minimum=1024)
         self._ctx = ctx or zmq.Context.instance()
-        self.sock = new_socket(self._ctx, zmq.DEALER)
+        self.sock = new_socket(self._ctx, zmq.DEALER, rcvtimeo_ms=int(MONITOR_SLICE_S * 1000))
         self._monitor: zmq.Socket | None = None
         if watch_disconnect:
             self._monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED)
@@ -108,12 +108,19 @@ class Peer:
                     "is it running? (`npusim status`)",
                     details={"endpoint": self.endpoint, "timeout_s": limit},
                 )
-            # Poll the one socket in slices; a lost peer is noticed between slices.
-            if not self.sock.poll(max(1, int(min(remaining, MONITOR_SLICE_S) * 1000))):
+            # Wait in slices (the socket's receive timeout); a lost peer is noticed between slices.
+            # A blocking receive, not a poll: one call into libzmq per reply.
+            try:
+                if remaining >= MONITOR_SLICE_S:
+                    frames = recv_frames(self.sock)
+                elif self.sock.poll(max(1, int(remaining * 1000))):
+                    frames = recv_frames(self.sock, zmq.NOBLOCK)
+                else:
+                    raise zmq.Again()
+            except zmq.Again:
                 if self._monitor is not None:
                     self._check_monitor()
                 continue
-            frames = recv_frames(self.sock)
             try:
                 msg = decode(frames, max_message_bytes=self.max_message_bytes)
             except ProtocolError as e:
