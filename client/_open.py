@@ -18,7 +18,7 @@ import numpy as np
 from npusim.client._profiler import collecting, deliver
 from npusim.services import tracing
 from npusim.services.config import env_float
-from npusim.services.devices import AnyPe, DeviceSpec, NamedPe
+from npusim.services.devices import AnyPe, DeviceSpec, NamedPe, target_of
 from npusim.services.discovery import Stack
 from npusim.services.errors import (
     ConfigError,
@@ -71,16 +71,6 @@ def default_device(data: bytes) -> str:
     if is_program(data):
         return "warboy(2)*1" if Program.from_bytes(data).target == "warboy-2pe" else "warboy(1)*1"
     return "warboy(2)*1"
-
-
-def target_of(specs: list[DeviceSpec]) -> str:
-    """The compile target all of a session's PEs share, or ConfigError for a mix."""
-    kinds = {s.pe == "pe0-1" for s in specs}
-    if len(kinds) > 1:
-        asked = ", ".join(str(s) for s in specs)
-        raise ConfigError(f"device {asked!r} mixes fused (pe0-1) and single PEs; a session runs one program, so "
-                          "ask for all fused (e.g. 'warboy(2)*2') or all single (e.g. 'warboy(1)*2')")
-    return "warboy-2pe" if kinds.pop() else "warboy"
 
 
 def compile_program(stack: Stack, data: bytes, target: str, batch_size: int | None,

@@ -31,13 +31,13 @@ from npusim.client._open import model_bytes
 from npusim.client._profiler import profile
 from npusim.services import __version__
 from npusim.services.errors import ConfigError
+from npusim.services.latency import latency_stats
 from npusim.services.modelfile import model_source
 from npusim.services.rates import device_rates, sample
 
 __all__ = ["BenchConfig", "bench", "run"]
 
 WORKLOADS = {"latency": "latency", "l": "latency", "throughput": "throughput", "t": "throughput"}
-PERCENTILES = (50, 90, 95, 99, 99.9)
 
 
 @dataclass
@@ -154,14 +154,6 @@ def _utilisation(engine: Engine, before: dict[str, Any], after: dict[str, Any]) 
     return util
 
 
-def _stats(values_ns: list[float]) -> dict[str, float]:
-    v = np.asarray(values_ns, dtype=np.float64) / 1e3
-    out = {"min_us": float(v.min()), "mean_us": float(v.mean()), "max_us": float(v.max())}
-    for p in PERCENTILES:
-        out[f"p{p:g}_us"] = float(np.percentile(v, p))
-    return out
-
-
 def bench(cfg: BenchConfig, *, trace_file: Path | None = None, progress: bool = False,
           console: Console | None = None) -> dict[str, Any]:
     """Run the load test; every figure, as one dict (what ``-o`` writes)."""
@@ -234,7 +226,7 @@ def _result(cfg: BenchConfig, engine: Engine, data: bytes, samples: list[_Sample
         "result": {
             "mode": cfg.workload.capitalize(), "queries": n, "total_run_time_us": wall * 1e6,
             "qps": qps, "samples_per_s": qps * cfg.batch,
-            "latency": _stats([s.latency_ns for s in samples]),
+            "latency": latency_stats([s.latency_ns for s in samples]),
             "npu_utilization_pct": util,
             "per_query": {"npu_exec_us": npu_ns / 1e3, "device_us": device_ns / 1e3, "cpu_us": cpu_ns / 1e3,
                           "daemon_reply_us": replied_ns / 1e3, "host_bound_share": host_bound},

@@ -1,4 +1,4 @@
-"""The compiler's commands: ``npusim compiler``, ``compile``, ``explain``, ``estimate``.
+"""The compiler's commands: ``npusim compiler``, ``compile``, ``explain``, ``estimate``, ``plan``.
 
 Registered through the ``npusim.commands`` entry-point group; the bodies import what they need
 when they run, so ``npusim --help`` stays quick.
@@ -103,3 +103,64 @@ def register(app: typer.Typer) -> None:
         call(estimate_mod.estimate_cmd, model=model, target_npu=target_npu, batch_size=batch_size, hw=hw,
              host=host, step_costs=step_costs, json_out=json_out)
 
+
+    @app.command()
+    def plan(
+        model: str = typer.Argument(..., help="an ONNX model, an .enf program, or zoo:NAME"),
+        devices: str = typer.Option("warboy(2)*1", "-d", "--devices", help="device string, e.g. 'warboy(2)*1', "
+                                    "'warboy(1)*2' (two single PEs), 'npu0pe0'"),
+        workers: str = typer.Option("1", "-w", "--workers", help="worker_num, or a comma list to sweep (1,2,4,8)"),
+        batch: str = typer.Option("1", "-b", "--batch", help="batch size, or a comma list to sweep (1,8)"),
+        concurrency: Optional[str] = typer.Option(None, help="closed loop: requests in flight (comma list to sweep); "
+                                                  "default max(8, 2 × workers), as bench"),
+        rate: Optional[str] = typer.Option(None, help="open loop: requests/s (comma list to sweep)"),
+        rate_file: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                                 help="open loop: arrival times in seconds, one per line"),
+        arrivals: str = typer.Option("poisson", help="with --rate: poisson or constant gaps"),
+        host: str = typer.Option("mlperf", help="host profile: mlperf (the published figures' host; host operators "
+                                 "outside the timed path) or this (host operators measured here with the real kernels)"),
+        host_cores: Optional[int] = typer.Option(None, min=1, help="host cores the workers share (default: the "
+                                                 "profile's: 76 for mlperf, this machine's for this)"),
+        host_scale: float = typer.Option(1.0, help="what-if: multiply every host cost (0.5: a host twice as fast)"),
+        time_scale: float = typer.Option(1.0, help="stretch the device as the daemon's --time-scale does"),
+        slo: Optional[str] = typer.Option(None, help="latency objective, e.g. 'p99<5ms': marks each configuration and "
+                                          "finds the largest rate that meets it"),
+        target_rate: Optional[float] = typer.Option(None, help="with --slo: how many devices serve this many samples/s"),
+        duration: Optional[float] = typer.Option(None, help="stop after this many virtual seconds"),
+        queries: int = typer.Option(10_000, "-n", "--queries", min=1, help="requests per configuration"),
+        warmup: Optional[int] = typer.Option(None, min=0, help="requests not counted (default 2 per worker, at least 5)"),
+        input_queue: int = typer.Option(1024, min=1, help="the session's input queue size"),
+        seed: int = typer.Option(0, help="seed of the Poisson arrivals"),
+        json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+    ) -> None:
+        """Simulate the whole pipeline in virtual time at the chip's speed: throughput, latency percentiles,
+        utilisation and what bounds it, for every configuration of the sweep; capacity within an SLO."""
+        from npusim.compiler_svc import plan as plan_mod
+
+        def ints(text: str | None, name: str) -> tuple[int, ...]:
+            return tuple(_items(text, name, int))
+
+        def floats(text: str | None, name: str) -> tuple[float, ...]:
+            return tuple(_items(text, name, float))
+
+        def body() -> None:
+            cfg = plan_mod.PlanConfig(
+                devices=devices, workers=ints(workers, "workers"), batch=ints(batch, "batch"),
+                concurrency=ints(concurrency, "concurrency"), rate=floats(rate, "rate"), rate_file=rate_file,
+                arrivals=arrivals, host=host, host_cores=host_cores, host_scale=host_scale, time_scale=time_scale,
+                requests=queries, warmup=warmup, duration_s=duration, input_queue=input_queue, slo=slo,
+                target_rate=target_rate, seed=seed)
+            plan_mod.plan_cmd(cfg, model=model, step_costs=host_step_costs(host), json_out=json_out)
+
+        call(body)
+
+
+def _items(text: str | None, name: str, kind: type) -> list[Any]:
+    """A comma list's items as ``kind``; ConfigError naming the option when one is not."""
+    from npusim.services.errors import ConfigError
+
+    try:
+        return [kind(x.strip()) for x in (text or "").split(",") if x.strip()]
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"--{name} {text!r}: {what} or a comma list of them, e.g. 1,2,4") from None

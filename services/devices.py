@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from npusim.services.errors import ConfigError
 
-__all__ = ["NamedPe", "AnyPe", "DeviceSpec", "parse_devices", "PE_NAMES", "DEFAULT_DEVICES"]
+__all__ = ["NamedPe", "AnyPe", "DeviceSpec", "parse_devices", "target_of", "assign_pes", "PE_NAMES", "DEFAULT_DEVICES"]
 
 PE_NAMES = ("pe0", "pe1", "pe0-1")
 DEFAULT_DEVICES = "warboy(2)*1"
@@ -99,3 +99,38 @@ def parse_devices(text: str) -> list[DeviceSpec]:
             raise ConfigError(f"{text!r} names overlapping PEs of npu{spec.device}")
         seen.add(key)
     return named + implicit
+
+
+def target_of(specs: list[DeviceSpec]) -> str:
+    """The compile target all of a session's PEs share, or ConfigError for a mix."""
+    kinds = {s.pe == "pe0-1" for s in specs}
+    if len(kinds) > 1:
+        asked = ", ".join(str(s) for s in specs)
+        raise ConfigError(f"device {asked!r} mixes fused (pe0-1) and single PEs; a session runs one program, so "
+                          "ask for all fused (e.g. 'warboy(2)*2') or all single (e.g. 'warboy(1)*2')")
+    return "warboy-2pe" if kinds.pop() else "warboy"
+
+
+def _overlap(a: tuple[int, str], b: tuple[int, str]) -> bool:
+    return a[0] == b[0] and (a[1] == b[1] or "pe0-1" in (a[1], b[1]))
+
+
+def assign_pes(specs: list[DeviceSpec]) -> list[tuple[int, str]]:
+    """The (device, PE) each wanted PE gets when every device is free and there are as many as
+    needed, in the order the client opens them: named ones as named, then each ``warboy(X)*Y``
+    takes the first free PE of its kind, device by device (``warboy(1)*2`` is npu0's pe0 and pe1)."""
+    taken: list[tuple[int, str]] = []
+    for spec in specs:
+        if isinstance(spec, NamedPe):
+            taken.append((spec.device, spec.pe))
+            continue
+        for _ in range(spec.count):
+            kinds = ["pe0-1"] if spec.pes == 2 else ["pe0", "pe1"]
+            device = 0
+            while True:
+                free = [pe for pe in kinds if not any(_overlap((device, pe), t) for t in taken)]
+                if free:
+                    taken.append((device, free[0]))
+                    break
+                device += 1
+    return taken

@@ -35,6 +35,7 @@ class HostProfile:
     description: str
     runtime_overhead_ns: float
     step_costs: StepCosts | None = None  # None: host steps are outside the timed path
+    cores: int = 1  # host cores the runtime's workers share (``npusim plan``)
 
     @property
     def times_host_steps(self) -> bool:
@@ -42,6 +43,8 @@ class HostProfile:
 
 
 HOSTS = ("mlperf", "this")
+MLPERF_CORES = 2 * 38
+"""The submitter's host: two Xeon Platinum 8368Q of 38 cores each (research/hardware.md)."""
 
 
 def host_profile(name: str, params: TimingParams | None = None, step_costs: StepCosts | None = None) -> HostProfile:
@@ -49,11 +52,11 @@ def host_profile(name: str, params: TimingParams | None = None, step_costs: Step
     runtime = (params or timing_params()).runtime_overhead_ns
     if name == "mlperf":
         return HostProfile("mlperf", "MLPerf v2.0 submitter: 2x Xeon Platinum 8368Q 2.6 GHz, SDK 0.5 native runtime; "
-                           "host operators outside the timed path", runtime)
+                           "host operators outside the timed path", runtime, cores=MLPERF_CORES)
     if name == "this":
         if step_costs is None:
             raise ConfigError("the 'this' host profile times host steps with the client's kernels; "
                               "run it through `npusim estimate --host this`")
         return HostProfile("this", f"this machine ({platform.machine()}, {os.cpu_count()} cores): host operators "
-                           "timed with npusim's kernels", runtime, step_costs)
+                           "timed with npusim's kernels", runtime, step_costs, cores=os.cpu_count() or 1)
     raise ConfigError(f"unknown host profile {name!r}; choose one of {', '.join(HOSTS)}")
