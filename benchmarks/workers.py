@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -40,36 +39,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from npusim.client.bench import BenchConfig, bench  # noqa: E402
-from npusim.services import launch  # noqa: E402
 from npusim.services.zoo import small_cnn  # noqa: E402
+from _stack import Stack  # noqa: E402  (this script's folder is on sys.path)
 
 GOAL = 0.90  # of the law, once the NPU saturates
 SIZE = 224
-
-
-class Stack:
-    """A compiler and one timing-only daemon at a given time scale, for this process's sessions."""
-
-    def __init__(self, tmp: str, scale: float) -> None:
-        self.dir = Path(tmp)
-        self.compiler = launch.start("compiler", "compiler", f"ipc://{tmp}/compiler.sock", self.dir,
-                                     extra=["--cache-dir", f"{tmp}/cache"])
-        self.daemon: launch.Child | None = None
-        launch.wait_healthy([self.compiler])
-        os.environ["NPUSIM_COMPILER_ENDPOINT"] = self.compiler.endpoint
-        os.environ["NPUSIM_NO_EMBED"] = "1"
-        self.rescale(scale)
-
-    def rescale(self, scale: float) -> None:
-        if self.daemon is not None:
-            launch.stop_all([self.daemon])
-        self.daemon = launch.start("daemon", "npu0", f"ipc://{self.dir}/npu0-{scale:g}.sock", self.dir,
-                                   extra=["--timing-only", "--time-scale", f"{scale:g}"])
-        launch.wait_healthy([self.daemon])
-        os.environ["NPUSIM_DAEMON_ENDPOINTS"] = f"npu0={self.daemon.endpoint}"
-
-    def close(self) -> None:
-        launch.stop_all([c for c in (self.daemon, self.compiler) if c is not None])
 
 
 def one(model: Any, workers: int, seconds: float, queries: int) -> dict[str, Any]:

@@ -132,6 +132,10 @@ def register(app: typer.Typer) -> None:
         input_queue: int = typer.Option(1024, min=1, help="the session's input queue size"),
         seed: int = typer.Option(0, help="seed of the Poisson arrivals"),
         json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+        plot: Optional[Path] = typer.Option(None, dir_okay=False, help="write throughput and latency against each "
+                                            "swept knob to this PNG"),
+        report: Optional[Path] = typer.Option(None, dir_okay=False, help="write one self-contained HTML report "
+                                              "(table, plots, capacity) to this file"),
     ) -> None:
         """Simulate the whole pipeline in virtual time at the chip's speed: throughput, latency percentiles,
         utilisation and what bounds it, for every configuration of the sweep; capacity within an SLO."""
@@ -150,7 +154,37 @@ def register(app: typer.Typer) -> None:
                 arrivals=arrivals, host=host, host_cores=host_cores, host_scale=host_scale, time_scale=time_scale,
                 requests=queries, warmup=warmup, duration_s=duration, input_queue=input_queue, slo=slo,
                 target_rate=target_rate, seed=seed)
-            plan_mod.plan_cmd(cfg, model=model, step_costs=host_step_costs(host), json_out=json_out)
+            plan_mod.plan_cmd(cfg, model=model, step_costs=host_step_costs(host), json_out=json_out, plot=plot,
+                              report_path=report)
+
+        call(body)
+
+
+    @app.command()
+    def advise(
+        model: str = typer.Argument(..., help="a float ONNX model, or zoo:NAME"),
+        samples: str = typer.Option("random", help="DIR of .npy/.npz samples, or 'random' (image-like samples): "
+                                    "half calibrate, half measure the accuracy"),
+        n_samples: int = typer.Option(8, min=2, help="with --samples random: how many"),
+        devices: str = typer.Option("warboy(2)*1", "-d", "--devices", help="the devices the model runs on today"),
+        target: str = typer.Option("latency", help="rank for latency (one request at a time) or throughput"),
+        workers: int = typer.Option(1, "-w", "--workers", min=1, help="the session's worker_num today"),
+        check: list[str] = typer.Option([], help="run only this check (repeatable): with_quantize, "
+                                        "normalized_pixel_outputs, layout, patch_size, batch_size, pe_mode, "
+                                        "worker_num, async_depth"),
+        queries: int = typer.Option(2_000, "-n", "--queries", min=10, help="simulated requests per prediction"),
+        json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+        report: Optional[Path] = typer.Option(None, dir_okay=False, help="write one self-contained HTML report"),
+    ) -> None:
+        """The seed's checklist applied to a model: each change's chip-scale effect, the host time it saves
+        (measured here), its accuracy cost and its code, ranked for the target."""
+        from npusim.compiler_svc import advise as advise_mod
+
+        def body() -> None:
+            cfg = advise_mod.AdviseConfig(devices=devices, target=target, workers=workers, samples=samples,
+                                          n_samples=n_samples, requests=queries)
+            advise_mod.advise_cmd(cfg, model=model, step_costs=host_step_costs("this"), only=tuple(check),
+                                  json_out=json_out, report_path=report)
 
         call(body)
 

@@ -28,13 +28,15 @@ from npusim.compiler_svc.pipeline import MAX_BATCH
 from npusim.services.devices import AnyPe, assign_pes, parse_devices, target_of
 from npusim.services.errors import ConfigError, InvalidInput
 from npusim.services.hostprofile import HostProfile, host_profile
+from npusim.services.htmlreport import Section, Table, page
 from npusim.services.modelfile import model_source
+from npusim.services.plots import sweep_png
 from npusim.services.program import Program, is_program
 from npusim.services.sim import Pipeline, Scenario, SessionSpec, simulate, summarize
 from npusim.services.sim.arrivals import Arrivals, closed, constant, from_file, poisson
 from npusim.services.sim.capacity import Slo, capacity, parse_slo
 
-__all__ = ["PlanConfig", "plan", "plan_cmd", "host_costs"]
+__all__ = ["PlanConfig", "plan", "plan_cmd", "plan_page", "host_costs"]
 
 StepCosts = Callable[[Program], list[float | None]]
 MAX_DEVICES = 64
@@ -245,7 +247,8 @@ def _devices_needed(cfg: PlanConfig, data: bytes, step_costs: StepCosts | None, 
 
 
 # -- the command -----------------------------------------------------------------------------------
-def plan_cmd(cfg: PlanConfig, *, model: str, step_costs: StepCosts | None = None, json_out: bool = False) -> dict:
+def plan_cmd(cfg: PlanConfig, *, model: str, step_costs: StepCosts | None = None, json_out: bool = False,
+             plot: Path | None = None, report_path: Path | None = None) -> dict:
     from rich.console import Console
 
     given = model_source(model)
@@ -254,11 +257,69 @@ def plan_cmd(cfg: PlanConfig, *, model: str, step_costs: StepCosts | None = None
         report = plan(cfg, given.data, step_costs=step_costs,
                       status=(lambda m: st.update(f"[bold]plan[/bold]: {m}")) if st is not None else None)
     report["model"] = report["model"] or given.name
+    wrote = []
+    if plot is not None:
+        plot.write_bytes(sweep_png(report["configs"], _title(report)))
+        wrote.append(f"wrote the plot {plot}")
+    if report_path is not None:
+        report_path.write_text(plan_page(report))
+        wrote.append(f"wrote the report {report_path}")
     if json_out:
         print(json.dumps(report, default=float))
     else:
         _print(report)
+    for line in wrote:
+        err.print(line)
     return report
+
+
+def _title(report: dict[str, Any]) -> str:
+    return (f"{report['model']} on {report['devices']}, host {report['host']['name']}, time scale "
+            f"{report['time_scale']:g} (virtual time)")
+
+
+def _load(c: dict[str, Any]) -> str:
+    return f"{c['in_flight']} in flight" if "in_flight" in c else f"{c['arrivals']} {c['rate_per_s']:,.0f}/s"
+
+
+def plan_page(report: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page: the sweep's plots and table, the capacity answer."""
+    host = report["host"]
+    rows = []
+    for c in report["configs"]:
+        lat = c["latency_us"]
+        rows.append((c["batch"], c["workers"], _load(c), f"{c['throughput_per_s']:,.0f}", f"{lat['p50']:,.0f}",
+                     f"{lat['p90']:,.0f}", f"{lat['p99']:,.0f}", f"{lat['p999']:,.0f}",
+                     f"{max(c['npu_utilization_pct'].values(), default=0.0):.0f}%",
+                     f"{c['host_cpu_utilization_pct']:.0f}%", f"{c['queue_wait']['p50_us']:,.0f}", c["bound_by"])
+                    + ((("yes" if c["meets_slo"] else "no"),) if "meets_slo" in c else ()))
+    cols = ["batch", "workers", "load", "samples/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "NPU util",
+            "host CPU", "queue wait p50 µs", "bound by"] + ([f"meets {report['slo']}"] if "slo" in report else [])
+    sections = [Section("Sweep", [f"{report['requests']:,} requests per configuration, simulated in virtual time. "
+                                  f"Host profile {host['name']}: {host['description']}; {host['cores']} cores; "
+                                  f"the runtime's own overhead {host['runtime_overhead_ns'] / 1e3:,.0f} µs per request."],
+                        [Table(cols, rows, left=("load", "bound by"))],
+                        [("throughput and latency against each swept knob", sweep_png(report["configs"],
+                                                                                      _title(report)))])]
+    if "capacity" in report:
+        cap = Section(f"Capacity within {report['slo']}")
+        cap.tables.append(Table(["batch", "workers", "requests/s", "samples/s", "saturated /s", "p99 µs"], [
+            (c["batch"], c["workers"], f"{c['rate_per_s']:,.0f}", f"{c['samples_per_s']:,.0f}",
+             f"{c['saturated_per_s']:,.0f}", f"{c['latency_us']['p99']:,.0f}" if c["latency_us"] else "-")
+            for c in report["capacity"]]))
+        need = report.get("devices_needed")
+        if need:
+            cap.paragraphs.append(
+                f"{need['target_per_s']:,.0f} samples/s needs {need['count']} × {report['devices']} "
+                f"({need['devices']}), {need['workers']} workers, batch {need['batch']}: "
+                f"{need['capacity_per_s']:,.0f} samples/s" if need.get("count")
+                else f"{need['target_per_s']:,.0f} samples/s: {need['note']}")
+        sections.append(cap)
+    sections.append(Section("What this does not include", [
+        "plan times the chip and the runtime's per-request overhead, not this emulator's ZeroMQ transport: a live "
+        "`npusim bench` at --time-scale 1 adds about a millisecond per request on top. Stretch live runs with "
+        "--time-scale to compare them (benchmarks/plan_vs_live.py)."] + list(report["notes"])))
+    return page(f"npusim plan: {report['model']}", _title(report), sections)
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -279,7 +340,7 @@ def _print(report: dict[str, Any]) -> None:
                 "workers busy", "queue wait p50", "bound by"):
         t.add_column(col, justify="left" if col in ("load", "bound by") else "right")
     for c in report["configs"]:
-        load = f"{c['in_flight']} in flight" if "in_flight" in c else f"{c['arrivals']} {c['rate_per_s']:,.0f}/s"
+        load = _load(c)
         lat = c["latency_us"]
         util = max(c["npu_utilization_pct"].values(), default=0.0)
         slo = "" if "meets_slo" not in c else (" ✓" if c["meets_slo"] else " ✗")

@@ -17,6 +17,7 @@ from npusim.compiler_svc.plan import PlanConfig, host_costs, plan
 from npusim.services.errors import ConfigError, InvalidInput
 from npusim.services.hostprofile import host_profile
 from npusim.services.zoo import mnist
+from tests.htmlcheck import check_report
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -114,3 +115,19 @@ def test_the_console_script_prints_json_and_refuses_bad_lists() -> None:
     assert [c["workers"] for c in report["configs"]] == [1, 2]
     bad = subprocess.run([NPUSIM, "plan", "zoo:mnist", "-w", "1,two"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--workers '1,two': an integer or a comma list" in bad.stderr
+
+
+def test_plot_and_report_show_the_sweep_and_the_capacity(tmp_path: Path) -> None:
+    png, page = tmp_path / "plan.png", tmp_path / "plan.html"
+    ok = subprocess.run([NPUSIM, "plan", "zoo:mnist", "-w", "1,2", "-b", "1,8", "-n", "200", "--slo", "p99<2ms",
+                         "--plot", str(png), "--report", str(page), "--json"], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert png.read_bytes().startswith(b"\x89PNG")
+    parsed = check_report(page.read_text())
+    sweep, capacity = parsed.tables[0], parsed.tables[1]
+    assert len(sweep) == 1 + len(report["configs"]) == 5
+    assert [row[:2] for row in sweep[1:]] == [[str(c["batch"]), str(c["workers"])] for c in report["configs"]]
+    assert len(capacity) == 1 + len(report["capacity"])
+    assert "wrote the report" in ok.stderr
