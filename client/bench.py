@@ -272,6 +272,9 @@ def _print(res: dict[str, Any], console: Console) -> None:
         console.print(f"host-bound: this host computes a job in {host['npu_term_us']:.0f} µs where the chip needs "
                       f"{pq['npu_exec_us']:.1f} µs, so the host sets the pace (the same law with that time: "
                       f"{host['qps']:.2f}/s); run the daemon with --timing-only for the chip's figures")
+    console.print("[dim]live figures include this emulator's own transport (ZeroMQ hops and copies: about a "
+                  "millisecond a request, more for large tensors), which the chip does not have; for chip-scale "
+                  "answers and sweeps in seconds use `npusim plan` (docs/plan.md)[/dim]")
 
 
 def run(*, model: str, device: str | None, workers: int, batch: int, workload: str, duration: float, queries: int,

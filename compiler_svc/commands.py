@@ -173,6 +173,8 @@ def register(app: typer.Typer) -> None:
                                         "normalized_pixel_outputs, layout, patch_size, batch_size, pe_mode, "
                                         "worker_num, async_depth"),
         queries: int = typer.Option(2_000, "-n", "--queries", min=10, help="simulated requests per prediction"),
+        time_scale: float = typer.Option(1.0, help="stretch the device as the daemon's --time-scale does (to compare "
+                                         "with a live run)"),
         json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
         report: Optional[Path] = typer.Option(None, dir_okay=False, help="write one self-contained HTML report"),
     ) -> None:
@@ -182,7 +184,7 @@ def register(app: typer.Typer) -> None:
 
         def body() -> None:
             cfg = advise_mod.AdviseConfig(devices=devices, target=target, workers=workers, samples=samples,
-                                          n_samples=n_samples, requests=queries)
+                                          n_samples=n_samples, requests=queries, time_scale=time_scale)
             advise_mod.advise_cmd(cfg, model=model, step_costs=host_step_costs("this"), only=tuple(check),
                                   json_out=json_out, report_path=report)
 

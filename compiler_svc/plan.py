@@ -317,7 +317,8 @@ def plan_page(report: dict[str, Any]) -> str:
         sections.append(cap)
     sections.append(Section("What this does not include", [
         "plan times the chip and the runtime's per-request overhead, not this emulator's ZeroMQ transport: a live "
-        "`npusim bench` at --time-scale 1 adds about a millisecond per request on top. Stretch live runs with "
+        "`npusim bench` at --time-scale 1 adds about a millisecond per request, and about half a millisecond per MB "
+        "of tensors, on top. Stretch live runs with "
         "--time-scale to compare them (benchmarks/plan_vs_live.py)."] + list(report["notes"])))
     return page(f"npusim plan: {report['model']}", _title(report), sections)
 
@@ -367,7 +368,8 @@ def _print(report: dict[str, Any]) -> None:
             out.print(f"{need['target_per_s']:,.0f} samples/s: {need['note']}")
     out.print(f"[dim]plan times the chip and the runtime's per-request overhead "
               f"({host['runtime_overhead_ns'] / 1e3:,.0f} µs, host profile {host['name']}), not this emulator's "
-              "ZeroMQ transport: a live `npusim bench` at --time-scale 1 adds about a millisecond per request on top "
-              "(docs/architecture.md). Stretch live runs with --time-scale to compare them.[/dim]")
+              "ZeroMQ transport: a live `npusim bench` at --time-scale 1 adds about a millisecond per request, and "
+              "about half a millisecond per MB of tensors, on top (docs/plan.md). Stretch live runs with "
+              "--time-scale to compare them.[/dim]")
     for note in report["notes"]:
         out.print(f"[yellow]note:[/yellow] {note}")

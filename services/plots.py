@@ -46,6 +46,8 @@ def sweep_png(configs: Sequence[dict[str, Any]], title: str) -> bytes:
     """Throughput and p50/p99 latency against each swept knob (one row per knob); with nothing
     swept, the one configuration's latency percentiles."""
     plt = _pyplot()
+    from matplotlib.ticker import NullLocator
+
     knobs = swept_knobs(configs) or [next(k for k in KNOBS if k in configs[0])]
     fig, axes = plt.subplots(len(knobs), 2, figsize=(10, 3.6 * len(knobs)), squeeze=False)
     for row, knob in zip(axes, knobs):
@@ -66,27 +68,31 @@ def sweep_png(configs: Sequence[dict[str, Any]], title: str) -> bytes:
             ax.set_xlabel(KNOBS[knob])
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
-            if knob in ("workers", "batch", "in_flight") and max(c[knob] for c in configs) >= 8:
-                ax.set_xscale("log", base=2)
+            if knob in ("workers", "batch", "in_flight"):
+                values = sorted({c[knob] for c in configs})
+                if values[-1] >= 8:
+                    ax.set_xscale("log", base=2)
+                ax.set_xticks(values, [str(v) for v in values])
+                ax.xaxis.set_minor_locator(NullLocator())
             ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
 
-def bars_png(labels: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, title: str) -> bytes:
-    """Grouped bars: one group per label, one bar per series (e.g. before / after a change)."""
+def bars_png(metrics: dict[str, Sequence[float]], names: Sequence[str], title: str) -> bytes:
+    """One small panel per metric (each on its own axis: they have different units), one bar per
+    name in each, e.g. ``{"latency (µs)": [before, after]}`` with ``names = ["today", "after"]``."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(labels) + 2), 3.4))
-    width = 0.8 / max(1, len(series))
-    for i, (name, values) in enumerate(series.items()):
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
-        bars = ax.bar(xs, values, width, label=name)
-        ax.bar_label(bars, fmt="%.3g", fontsize=7)
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.2), squeeze=False)
+    colours = [f"C{i}" for i in range(len(names))]
+    for ax, (metric, values) in zip(axes[0], metrics.items()):
+        bars = ax.bar(range(len(values)), values, color=colours)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], fontsize=8)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_title(metric, fontsize=9)
+        ax.set_ylim(0, max(values) * 1.18 if max(values) > 0 else 1)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _png(fig)

@@ -51,6 +51,8 @@ class AdviseConfig:
             raise ConfigError(f"--target {self.target!r}: latency or throughput")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if not self.time_scale > 0:
+            raise ConfigError("--time-scale must be positive")
         if self.n_samples < 2:
             raise ConfigError("--n-samples must be at least 2: half calibrate, half measure accuracy")
 

@@ -67,16 +67,16 @@ def advise_page(r: dict[str, Any]) -> str:
         rows.append((i, rec["change"], f"{p['before']['latency_us']:,.0f} → {p['latency_us']:,.0f}",
                      f"{p['before']['throughput_per_s']:,.0f} → {p['throughput_per_s']:,.0f}",
                      f"{p['gain_pct']:+.1f}%", _host(rec["measured"]), _acc(rec["accuracy"])))
-    sections = [Section("Ranked changes", [_header(r)], [Table(
+    sections = [Section("Ranked changes", [], [Table(
         ["#", "change", "latency µs", "samples/s", "gain", "host ops µs/request", "accuracy"], rows,
         left=("change", "accuracy"))])]
     for i, rec in enumerate(r["recommendations"], 1):
         p = rec["predicted"]
         sec = Section(f"{i}. {rec['change']}", [rec["why"]])
         sec.images.append((f"{rec['knob']}: before and after", bars_png(
-            ["latency (µs)", "throughput (samples/s)"],
-            {"today": [p["before"]["latency_us"], p["before"]["throughput_per_s"]],
-             "after the change": [p["latency_us"], p["throughput_per_s"]]}, "", rec["knob"])))
+            {"single-stream latency (µs)": [p["before"]["latency_us"], p["latency_us"]],
+             "throughput (samples/s)": [p["before"]["throughput_per_s"], p["throughput_per_s"]]},
+            ["today", "after"], rec["change"])))
         m = rec["measured"]
         if "host_ops_us" in m:
             ops = sorted(set(m["host_ops_us"]["before"]) | set(m["host_ops_us"]["after"]))

@@ -29,7 +29,7 @@ def test_bench_prints_and_writes_every_figure(use_stack: RunningStack, tmp_path:
     assert proc.returncode == 0, proc.stderr
     out = " ".join(proc.stdout.split())
     for phrase in ("throughput-workload", "40 queries executed with batch size 1", "QPS(Throughput):", "p99.9",
-                   "NPU utilisation: npu", "ideal 1 / max(NPU / PEs, CPU / workers)"):
+                   "NPU utilisation: npu", "ideal 1 / max(NPU / PEs, CPU / workers)", "use `npusim plan`"):
         assert phrase in out, phrase
     res = json.loads((tmp_path / "r.json").read_text())
     r = res["result"]

@@ -96,7 +96,7 @@ def test_resnet50_fused_for_latency_single_pes_for_throughput(target: str, devic
 
 
 def test_a_large_image_to_image_model_is_told_its_patch_size() -> None:
-    r = _advise(denoiser(height=1024, width=1024).SerializeToString(), only=("patch_size",), target="throughput")
+    r = _advise(denoiser(height=768, width=768).SerializeToString(), only=("patch_size",), target="throughput")
     (rec,) = r["recommendations"]
     sweep = rec["details"]["sweep"]
     assert f"{rec['details']['sweep'][0]['halo']} px" in rec["change"]

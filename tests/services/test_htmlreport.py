@@ -13,7 +13,7 @@ def _config(workers: int, batch: int, tput: float) -> dict:
 
 
 def test_a_page_embeds_its_plots_and_escapes_its_text() -> None:
-    png = bars_png(["a", "b"], {"today": [1, 2], "after": [2, 3]}, "x", "t")
+    png = bars_png({"latency (µs)": [2.0, 1.0], "throughput (/s)": [1000.0, 1500.0]}, ["today", "after"], "t")
     html = page("<title>", "sub & title", [Section("s", ["<b>not bold</b>"], [Table(["k", "v"], [("<x>", 1)])],
                                                    [("plot", png)], ["a < b"])])
     p = check_report(html)

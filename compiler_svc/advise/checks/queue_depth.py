@@ -28,7 +28,7 @@ def queue_depth(ctx: Context) -> Recommendation | Skip:
                     {"sweep": table})
     return Recommendation(
         knob="async_depth", change=f"create_async with {best} requests in flight (worker_num={w})",
-        code=f"submitter, queue = create_async(model, worker_num={w}, input_queue_size={max(best, 2 * best)})\n"
+        code=f"submitter, queue = create_async(model, worker_num={w}, input_queue_size={2 * best})\n"
              f"# keep {best} submitted and not yet received",
         cli=f"npusim bench MODEL.onnx --workers {w} --in-flight {best}",
         why=f"session.run leaves the NPU idle between a result and the next request; {best} in flight keep "
