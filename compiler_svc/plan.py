@@ -32,7 +32,7 @@ from npusim.services.htmlreport import Section, Table, page
 from npusim.services.modelfile import model_source
 from npusim.services.plots import sweep_png
 from npusim.services.program import Program, is_program
-from npusim.services.sim import Pipeline, Scenario, SessionSpec, simulate, summarize
+from npusim.services.sim import Pipeline, Scenario, SessionSpec, combined, simulate
 from npusim.services.sim.arrivals import Arrivals, closed, constant, from_file, poisson
 from npusim.services.sim.capacity import Slo, capacity, parse_slo
 
@@ -60,6 +60,7 @@ class PlanConfig:
     warmup: int | None = None
     duration_s: float | None = None
     input_queue: int = 1024
+    sessions: int = 1  # clients, each opening --devices with its own workers, queue and load
     slo: str | None = None
     target_rate: float | None = None
     seed: int = 0
@@ -82,6 +83,11 @@ class PlanConfig:
             raise ConfigError("--target-rate needs --slo: the devices needed are those that serve the rate within it")
         if self.requests < 1:
             raise ConfigError("-n must be at least 1")
+        if self.sessions < 1:
+            raise ConfigError("--sessions must be at least 1")
+        if self.sessions > 1 and (self.slo is not None or self.target_rate is not None):
+            raise ConfigError("--slo and --target-rate plan one session; leave out --sessions (or plan one "
+                              "session with more devices)")
 
 
 # -- host costs ------------------------------------------------------------------------------------
@@ -108,14 +114,28 @@ def host_costs(program: Program, profile: HostProfile) -> list[float | None] | N
 
 
 # -- the sweep -------------------------------------------------------------------------------------
-def _loads(cfg: PlanConfig, workers: int, pes: int) -> list[Arrivals]:
+def _loads(cfg: PlanConfig, workers: int, pes: int, seed: int) -> list[Arrivals]:
     if cfg.rate_file is not None:
         return [from_file(cfg.rate_file)]
     if cfg.rate:
-        return [poisson(r, cfg.seed) if cfg.arrivals == "poisson" else constant(r) for r in cfg.rate]
+        return [poisson(r, seed) if cfg.arrivals == "poisson" else constant(r) for r in cfg.rate]
     if cfg.concurrency:
         return [closed(n) for n in cfg.concurrency]
     return [closed(max(8, 2 * workers, 2 * pes))]  # bench's throughput workload
+
+
+def session_pes(devices: str, sessions: int) -> list[tuple[tuple[int, str], ...]]:
+    """The PEs each of ``sessions`` clients opening ``devices`` gets, in the order they open them:
+    N sessions need N times the PEs, given out device by device."""
+    specs = parse_devices(devices)
+    if sessions == 1:
+        return [tuple(assign_pes(specs))]
+    if any(not isinstance(s, AnyPe) for s in specs):
+        raise ConfigError(f"--sessions {sessions}: named PEs ({devices!r}) belong to one session; use "
+                          "warboy(X)*Y so each session gets its own")
+    pes = assign_pes(parse_devices(_scaled(devices, sessions)))
+    per = len(pes) // sessions
+    return [tuple(pes[k * per:(k + 1) * per]) for k in range(sessions)]
 
 
 def _scaled(devices: str, k: int) -> str:
@@ -133,7 +153,8 @@ def plan(cfg: PlanConfig, data: bytes, *, step_costs: StepCosts | None = None,
     say = status or (lambda _: None)
     specs = parse_devices(cfg.devices)
     target = target_of(specs)
-    pes = tuple(assign_pes(specs))
+    per_session = session_pes(cfg.devices, cfg.sessions)
+    pes = per_session[0]
     profile = host_profile(cfg.host, step_costs=step_costs)
     cores = cfg.host_cores or profile.cores
     notes: list[str] = []
@@ -161,11 +182,12 @@ def plan(cfg: PlanConfig, data: bytes, *, step_costs: StepCosts | None = None,
     for pipeline in pipelines:
         for w in cfg.workers:
             warmup = cfg.warmup if cfg.warmup is not None else min(cfg.requests, max(2 * w, 5))
-            for load in _loads(cfg, w, len(pes)):
+            for i, load in enumerate(_loads(cfg, w, len(pes), cfg.seed)):
                 say(f"batch {pipeline.batch}, {w} workers, {load.describe()} …")
-                sc = Scenario((SessionSpec(pipeline, pes, w, load, cfg.input_queue),), cores, cfg.requests, warmup,
-                              duration)
-                r = summarize(simulate(sc))[0]
+                loads = [load] + [_loads(cfg, w, len(pes), cfg.seed + k)[i] for k in range(1, cfg.sessions)]
+                sc = Scenario(tuple(SessionSpec(pipeline, p, w, ld, cfg.input_queue)
+                                    for p, ld in zip(per_session, loads)), cores, cfg.requests, warmup, duration)
+                r = combined(simulate(sc))
                 configs.append(_config(pipeline, w, load, r, slo))
             if slo is not None:
                 say(f"capacity within {slo}: batch {pipeline.batch}, {w} workers …")
@@ -178,7 +200,8 @@ def plan(cfg: PlanConfig, data: bytes, *, step_costs: StepCosts | None = None,
                                    "latency_us": _latency(c["result"]) if c["rate_per_s"] else None})
     report: dict[str, Any] = {
         "model": programs[0].meta.get("model", ""), "devices": cfg.devices,
-        "pes": [f"npu{d}{pe}" for d, pe in pes], "target": target,
+        "pes": [f"npu{d}{pe}" for d, pe in pes], "target": target, "sessions": cfg.sessions,
+        "session_pes": [[f"npu{d}{pe}" for d, pe in p] for p in per_session],
         "host": {"name": profile.name, "description": profile.description, "cores": cores,
                  "runtime_overhead_ns": profile.runtime_overhead_ns, "scale": cfg.host_scale},
         "time_scale": cfg.time_scale, "requests": cfg.requests, "seed": cfg.seed, "notes": notes,
@@ -207,6 +230,9 @@ def _config(pipeline: Pipeline, workers: int, load: Arrivals, r: dict[str, Any],
     out.update({k: r[k] for k in ("latency", "queue_wait", "npu_utilization_pct", "pcie_utilization_pct",
                                   "host_cpu_utilization_pct", "worker_utilization_pct", "per_query", "bound_by",
                                   "queries", "simulated_s")})
+    if "sessions" in r:
+        out["sessions"] = [{"throughput_per_s": e["samples_per_s"], "latency_us": _latency(e), "bound_by": e["bound_by"]}
+                           for e in r["sessions"]]
     if slo is not None:
         out["meets_slo"] = slo.met(r)
     return out
@@ -273,8 +299,15 @@ def plan_cmd(cfg: PlanConfig, *, model: str, step_costs: StepCosts | None = None
     return report
 
 
+def _where(report: dict[str, Any]) -> str:
+    if report["sessions"] == 1:
+        return f"{report['devices']} ({', '.join(report['pes'])})"
+    return f"{report['sessions']} sessions × {report['devices']} (" + "; ".join(
+        ", ".join(p) for p in report["session_pes"]) + ")"
+
+
 def _title(report: dict[str, Any]) -> str:
-    return (f"{report['model']} on {report['devices']}, host {report['host']['name']}, time scale "
+    return (f"{report['model']} on {_where(report)}, host {report['host']['name']}, time scale "
             f"{report['time_scale']:g} (virtual time)")
 
 
@@ -331,11 +364,14 @@ def _print(report: dict[str, Any]) -> None:
     if not out.is_terminal:
         out.width = max(out.width, 150)
     host = report["host"]
-    out.print(f"[bold]{report['model']}[/bold] on {report['devices']} ({', '.join(report['pes'])}), host "
+    out.print(f"[bold]{report['model']}[/bold] on {_where(report)}, host "
               f"[bold]{host['name']}[/bold] ({host['cores']} cores"
               + (f", host ×{host['scale']:g}" if host["scale"] != 1 else "")
-              + f"), time scale {report['time_scale']:g}: {report['requests']:,} requests per configuration, "
-              "in virtual time")
+              + f"), time scale {report['time_scale']:g}: {report['requests']:,} requests per configuration"
+              + (" and session" if report["sessions"] > 1 else "") + ", in virtual time")
+    if report["sessions"] > 1:
+        out.print(f"{report['sessions']} sessions, each with the workers and the load of a row; the figures are "
+                  "all sessions together (samples/s summed, latency over every request)")
     t = Table(title="per configuration (latency in µs)")
     for col in ("batch", "workers", "load", "samples/s", "p50", "p90", "p99", "p99.9", "NPU util", "host CPU",
                 "workers busy", "queue wait p50", "bound by"):

@@ -10,7 +10,7 @@ latency objective.
 from npusim.services.sim.arrivals import Arrivals, closed, constant, from_file, poisson
 from npusim.services.sim.engine import Run, Scenario, SessionSpec, simulate
 from npusim.services.sim.pipeline import Phase, Pipeline
-from npusim.services.sim.report import summarize
+from npusim.services.sim.report import combined, summarize
 
 __all__ = ["Arrivals", "closed", "constant", "from_file", "poisson", "Run", "Scenario", "SessionSpec", "simulate",
-           "Phase", "Pipeline", "summarize"]
+           "Phase", "Pipeline", "summarize", "combined"]

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from npusim.services.latency import latency_stats
 from npusim.services.sim.engine import Run, SessionRun, busy_fraction
 
-__all__ = ["SATURATED", "summarize", "percentile_us"]
+__all__ = ["SATURATED", "summarize", "combined", "percentile_us"]
 
 SATURATED = 0.9
 """A resource busier than this share of the time is what bounds the configuration."""
@@ -63,6 +65,36 @@ def _session(run: Run, k: int, r: SessionRun) -> dict[str, Any]:
                       "cpu_us": p.host_ns / 1e3},
         "bound_by": bound,
         "simulated_s": span / 1e9,
+    }
+
+
+BOUNDS = ("npu", "pcie", "cpu", "workers")
+
+
+def combined(run: Run) -> dict[str, Any]:
+    """Several sessions as one figure set (what the clients see together): throughput summed,
+    latencies and queue waits over every measured request, each session's PEs, what bounds the
+    busiest; ``sessions`` holds each session's own summary. One session: its summary."""
+    each = summarize(run)
+    if len(each) == 1:
+        return each[0]
+    arrays = [r.arrays() for r in run.sessions]
+    latency = np.concatenate([a["end"] - a["arrival"] for a in arrays])
+    wait = np.concatenate([a["start"] - a["arrival"] for a in arrays])
+    n = sum(e["queries"] for e in each)
+    workers = sum(r.spec.workers for r in run.sessions)
+    bound = next((b for b in BOUNDS if any(e["bound_by"] == b for e in each)), each[0]["bound_by"])
+    return {
+        "queries": n, "qps": sum(e["qps"] for e in each), "samples_per_s": sum(e["samples_per_s"] for e in each),
+        "latency": latency_stats(latency), "queue_wait": latency_stats(wait),
+        "npu_utilization_pct": {k: v for e in each for k, v in e["npu_utilization_pct"].items()},
+        "pcie_utilization_pct": max(e["pcie_utilization_pct"] for e in each),
+        "host_cpu_utilization_pct": each[0]["host_cpu_utilization_pct"],
+        "worker_utilization_pct": sum(e["worker_utilization_pct"] * r.spec.workers
+                                      for e, r in zip(each, run.sessions)) / workers,
+        "per_query": {k: sum(e["per_query"][k] * e["queries"] for e in each) / n for k in each[0]["per_query"]},
+        "bound_by": bound, "simulated_s": max(e["simulated_s"] for e in each),
+        "sessions": each,
     }
 
 

@@ -131,3 +131,16 @@ def test_plot_and_report_show_the_sweep_and_the_capacity(tmp_path: Path) -> None
     assert [row[:2] for row in sweep[1:]] == [[str(c["batch"]), str(c["workers"])] for c in report["configs"]]
     assert len(capacity) == 1 + len(report["capacity"])
     assert "wrote the report" in ok.stderr
+
+
+def test_sessions_each_get_their_own_pes(model: bytes) -> None:
+    split = plan(PlanConfig(devices="warboy(1)*1", sessions=2, workers=(1,), requests=300), model)
+    one = plan(PlanConfig(devices="warboy(1)*2", workers=(2,), requests=300), model)
+    assert split["session_pes"] == [["npu0pe0"], ["npu0pe1"]]
+    (c,), (d,) = split["configs"], one["configs"]
+    assert len(c["sessions"]) == 2
+    assert c["throughput_per_s"] == pytest.approx(d["throughput_per_s"], rel=1e-3)  # the same two PEs and workers
+    with pytest.raises(ConfigError, match="named PEs"):
+        plan(PlanConfig(devices="npu0pe0", sessions=2), model)
+    with pytest.raises(ConfigError, match="--sessions"):
+        plan(PlanConfig(sessions=2, slo="p99<5ms"), model)

@@ -9,7 +9,8 @@ import pytest
 
 from npusim.services.devices import assign_pes, parse_devices
 from npusim.services.errors import ConfigError
-from npusim.services.sim import Phase, Pipeline, Scenario, SessionSpec, closed, constant, from_file, poisson, simulate
+from npusim.services.sim import (Phase, Pipeline, Scenario, SessionSpec, closed, combined, constant, from_file, poisson,
+                                 simulate)
 from npusim.services.sim import summarize as _summarize
 from npusim.services.sim.capacity import capacity, parse_slo
 from npusim.services.timing import StageTiming
@@ -66,6 +67,21 @@ def test_two_single_pes_run_two_streams() -> None:
     pair = _one(p, workers=4, load=closed(8), pes=((0, "pe0"), (0, "pe1")))
     assert set(pair["npu_utilization_pct"]) == {"npu0pe0", "npu0pe1"}
     assert pair["qps"] == pytest.approx(2 * fused["qps"], rel=1e-2)  # same exec time given: twice the rate
+
+
+def test_sessions_on_their_own_pes_add_up_and_share_the_host() -> None:
+    p = _pipeline(300, 500)
+    specs = tuple(SessionSpec(p, ((0, pe),), 1, closed(2)) for pe in ("pe0", "pe1"))
+    both = combined(simulate(Scenario(specs, 8, 400, 20)))
+    alone = _one(p, load=closed(2), pes=((0, "pe0"),))
+    assert len(both["sessions"]) == 2 and both["queries"] == 800
+    assert both["samples_per_s"] == pytest.approx(2 * alone["samples_per_s"], rel=1e-6)
+    assert both["latency"]["p50_us"] == alone["latency"]["p50_us"] == 2 * 815  # one waits for the other's 815 µs
+    assert set(both["npu_utilization_pct"]) == {"npu0pe0", "npu0pe1"}
+    # on one host core the two sessions' 300 µs of host work per request contend
+    one_core = combined(simulate(Scenario(specs, 1, 400, 20)))
+    assert one_core["samples_per_s"] <= both["samples_per_s"]
+    assert combined(simulate(Scenario(specs[:1], 8, 400, 20))) == alone
 
 
 def test_an_open_loop_below_capacity_is_served_at_its_rate_without_waiting() -> None:
