@@ -130,6 +130,10 @@ def register(app: typer.Typer) -> None:
         queries: int = typer.Option(10_000, "-n", "--queries", min=1, help="requests per configuration"),
         warmup: Optional[int] = typer.Option(None, min=0, help="requests not counted (default 2 per worker, at least 5)"),
         input_queue: int = typer.Option(1024, min=1, help="the session's input queue size"),
+        output_queue: int = typer.Option(1024, min=1, help="the session's output queue size (matters with "
+                                         "--consumer-us: a full one holds the workers)"),
+        consumer_us: float = typer.Option(0.0, min=0.0, help="the caller's own time per answer (its post-processing, "
+                                          "one thread); 0: answers are taken at once"),
         sessions: int = typer.Option(1, min=1, help="clients, each opening --devices (its own PEs) with the workers, "
                                      "queue and load of a row; figures are for all of them together"),
         seed: int = typer.Option(0, help="seed of the Poisson arrivals"),
@@ -154,7 +158,8 @@ def register(app: typer.Typer) -> None:
                 devices=devices, workers=ints(workers, "workers"), batch=ints(batch, "batch"),
                 concurrency=ints(concurrency, "concurrency"), rate=floats(rate, "rate"), rate_file=rate_file,
                 arrivals=arrivals, host=host, host_cores=host_cores, host_scale=host_scale, time_scale=time_scale,
-                requests=queries, warmup=warmup, duration_s=duration, input_queue=input_queue, sessions=sessions, slo=slo,
+                requests=queries, warmup=warmup, duration_s=duration, input_queue=input_queue,
+                output_queue=output_queue, consumer_us=consumer_us, sessions=sessions, slo=slo,
                 target_rate=target_rate, seed=seed)
             plan_mod.plan_cmd(cfg, model=model, step_costs=host_step_costs(host), json_out=json_out, plot=plot,
                               report_path=report)

@@ -60,6 +60,8 @@ class PlanConfig:
     warmup: int | None = None
     duration_s: float | None = None
     input_queue: int = 1024
+    output_queue: int = 1024
+    consumer_us: float = 0.0  # the caller's own time per answer, on one thread
     sessions: int = 1  # clients, each opening --devices with its own workers, queue and load
     slo: str | None = None
     target_rate: float | None = None
@@ -85,6 +87,8 @@ class PlanConfig:
             raise ConfigError("-n must be at least 1")
         if self.sessions < 1:
             raise ConfigError("--sessions must be at least 1")
+        if self.consumer_us < 0:
+            raise ConfigError("--consumer-us cannot be negative")
         if self.sessions > 1 and (self.slo is not None or self.target_rate is not None):
             raise ConfigError("--slo and --target-rate plan one session; leave out --sessions (or plan one "
                               "session with more devices)")
@@ -176,6 +180,7 @@ def plan(cfg: PlanConfig, data: bytes, *, step_costs: StepCosts | None = None,
         pipelines.append(Pipeline.of(p, host_costs(p, profile), runtime_overhead_ns=profile.runtime_overhead_ns,
                                      time_scale=cfg.time_scale, host_scale=cfg.host_scale))
     duration = None if cfg.duration_s is None else int(cfg.duration_s * 1e9)
+    consumer = int(cfg.consumer_us * 1e3)
     configs: list[dict[str, Any]] = []
     capacities: list[dict[str, Any]] = []
     slo = parse_slo(cfg.slo) if cfg.slo else None
@@ -185,14 +190,14 @@ def plan(cfg: PlanConfig, data: bytes, *, step_costs: StepCosts | None = None,
             for i, load in enumerate(_loads(cfg, w, len(pes), cfg.seed)):
                 say(f"batch {pipeline.batch}, {w} workers, {load.describe()} …")
                 loads = [load] + [_loads(cfg, w, len(pes), cfg.seed + k)[i] for k in range(1, cfg.sessions)]
-                sc = Scenario(tuple(SessionSpec(pipeline, p, w, ld, cfg.input_queue)
+                sc = Scenario(tuple(SessionSpec(pipeline, p, w, ld, cfg.input_queue, cfg.output_queue, consumer)
                                     for p, ld in zip(per_session, loads)), cores, cfg.requests, warmup, duration)
                 r = combined(simulate(sc))
                 configs.append(_config(pipeline, w, load, r, slo))
             if slo is not None:
                 say(f"capacity within {slo}: batch {pipeline.batch}, {w} workers …")
-                sc = Scenario((SessionSpec(pipeline, pes, w, closed(1), cfg.input_queue),), cores, cfg.requests,
-                              warmup)
+                sc = Scenario((SessionSpec(pipeline, pes, w, closed(1), cfg.input_queue, cfg.output_queue, consumer),),
+                              cores, cfg.requests, warmup)
                 c = capacity(sc, slo, seed=cfg.seed)
                 capacities.append({"batch": pipeline.batch, "workers": w, "rate_per_s": c["rate_per_s"],
                                    "samples_per_s": c["rate_per_s"] * pipeline.batch,

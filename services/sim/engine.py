@@ -38,12 +38,18 @@ class SessionSpec:
     workers: int
     arrivals: Arrivals
     input_queue: int = 1024
+    output_queue: int = 1024
+    consumer_ns: int = 0  # the caller's own time per answer (its post-processing), on one thread
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"worker_num must be at least 1, got {self.workers}")
         if self.input_queue < 1:
             raise ConfigError(f"the input queue must hold at least one request, got {self.input_queue}")
+        if self.output_queue < 1:
+            raise ConfigError(f"the output queue must hold at least one answer, got {self.output_queue}")
+        if self.consumer_ns < 0:
+            raise ConfigError(f"the consumer's time per answer cannot be negative, got {self.consumer_ns} ns")
         if not self.pes:
             raise ConfigError("a session needs at least one PE")
 
@@ -113,8 +119,12 @@ def simulate(scenario: Scenario) -> Run:
         queue = simpy.Store(env, capacity=spec.input_queue)
         target = scenario.warmup + scenario.requests
         state = _State(run.sessions[k], target, pending, all_done)
+        answers = None
+        if spec.consumer_ns > 0:  # answers wait in the output queue for the caller; a full one holds the workers
+            answers = simpy.Store(env, capacity=spec.output_queue)
+            env.process(_consumer(env, spec.consumer_ns, answers, state))
         for w in range(spec.workers):
-            env.process(_worker(env, spec, w, queue, cores, clocks, run, k, state))
+            env.process(_worker(env, spec, w, queue, cores, clocks, run, k, state, answers))
         if spec.arrivals.closed:
             for _ in range(spec.arrivals.in_flight):
                 env.process(_client(env, queue, state))
@@ -155,11 +165,24 @@ class _State:
 
 
 class _Job:
-    __slots__ = ("arrival", "done")
+    __slots__ = ("arrival", "done", "start", "device")
 
     def __init__(self, arrival: int, done: simpy.Event | None) -> None:
         self.arrival = arrival
         self.done = done
+        self.start = 0
+        self.device = 0
+
+
+def _consumer(env: simpy.Environment, ns: int, answers: simpy.Store, state: _State) -> Generator[Any, Any, None]:
+    """The caller's thread: receives each answer (its latency ends there), handles it for ``ns``,
+    and only then receives the next; a closed-loop client submits again once it has handled one."""
+    while True:
+        job: _Job = yield answers.get()
+        state.finished(job.arrival, job.start, int(env.now), job.device)
+        yield env.timeout(ns)
+        if job.done is not None:
+            job.done.succeed()
 
 
 def _client(env: simpy.Environment, queue: simpy.Store, state: _State) -> Generator[Any, Any, None]:
@@ -191,7 +214,7 @@ def _submitter(env: simpy.Environment, arrivals: Arrivals, queue: simpy.Store,
 
 def _worker(env: simpy.Environment, spec: SessionSpec, index: int, queue: simpy.Store,
             cores: simpy.Resource | None, clocks: dict[int, DeviceClock], run: Run, session: int,
-            state: _State) -> Generator[Any, Any, None]:
+            state: _State, answers: simpy.Store | None) -> Generator[Any, Any, None]:
     device, pe = spec.pes[index % len(spec.pes)]
     clock = clocks[device]
     pe_busy = [run.pe_busy[(device, c)] for c in CORES[pe]]
@@ -222,6 +245,11 @@ def _worker(env: simpy.Environment, spec: SessionSpec, index: int, queue: simpy.
                 d2h.append((t.d2h_start, t.end))
                 device_ns += t.end - t.arrival
                 yield env.timeout(t.end - env.now)
+        if answers is not None:
+            job.start, job.device = start, device_ns
+            yield answers.put(job)  # waits while the output queue is full
+            worker_busy.append((start, int(env.now)))
+            continue
         end = int(env.now)
         worker_busy.append((start, end))
         state.finished(job.arrival, start, end, device_ns)

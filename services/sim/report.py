@@ -4,7 +4,8 @@ Throughput counts the measured requests over the span from the end of the warm-u
 answer. Utilisations are busy time over that span: a PE executing, a PCIe direction moving
 bytes, a host core running a host phase, a worker holding a request (host work and the wait for
 its NPU jobs). What bounds a configuration is the busiest of them when one is nearly saturated
-(the NPU, PCIe, the host CPU, or the workers: too few for the CPU/NPU balance); otherwise it is
+(the NPU, PCIe, the host CPU, the caller handling answers, or the workers: too few for the
+CPU/NPU balance); otherwise it is
 the load: too few requests in flight for a closed loop, the offered rate for an open one.
 """
 
@@ -20,6 +21,7 @@ from npusim.services.sim.engine import Run, SessionRun, busy_fraction
 __all__ = ["SATURATED", "summarize", "combined", "percentile_us"]
 
 SATURATED = 0.9
+BOUNDS = ("npu", "pcie", "cpu", "caller", "workers")
 """A resource busier than this share of the time is what bounds the configuration."""
 
 
@@ -46,9 +48,11 @@ def _session(run: Run, k: int, r: SessionRun) -> dict[str, Any]:
     cpu = busy_fraction(run.core_busy, lo, hi) / run.host_cores
     workers = busy_fraction(run.worker_busy[k], lo, hi) / spec.workers
     npu = max(pe_util.values(), default=0.0) / 100
-    shares = {"npu": npu, "pcie": link, "cpu": cpu, "workers": workers}
-    # in this order: workers waiting on a saturated NPU are busy because of it, not short
-    bound = next((x for x in ("npu", "pcie", "cpu", "workers") if shares[x] >= SATURATED),
+    caller = min(1.0, n * spec.consumer_ns / span)  # the caller's thread handling answers
+    shares = {"npu": npu, "pcie": link, "cpu": cpu, "caller": caller, "workers": workers}
+    # in this order: workers waiting on a saturated NPU (or on a caller that cannot keep up) are
+    # busy because of it, not short
+    bound = next((x for x in BOUNDS if shares[x] >= SATURATED),
                  "concurrency" if spec.arrivals.closed else "load")
     latency = a["end"] - a["arrival"]
     wait = a["start"] - a["arrival"]
@@ -66,9 +70,6 @@ def _session(run: Run, k: int, r: SessionRun) -> dict[str, Any]:
         "bound_by": bound,
         "simulated_s": span / 1e9,
     }
-
-
-BOUNDS = ("npu", "pcie", "cpu", "workers")
 
 
 def combined(run: Run) -> dict[str, Any]:

@@ -84,6 +84,20 @@ def test_sessions_on_their_own_pes_add_up_and_share_the_host() -> None:
     assert combined(simulate(Scenario(specs[:1], 8, 400, 20))) == alone
 
 
+def test_a_slow_caller_fills_the_output_queue_and_holds_the_workers() -> None:
+    p = _pipeline(100, 200)
+    fast = SessionSpec(p, ((0, "pe0-1"),), 2, closed(8))
+    slow = SessionSpec(p, ((0, "pe0-1"),), 2, closed(8), output_queue=1, consumer_ns=1000 * US)
+    r = _summarize(simulate(Scenario((slow,), 8, 400, 20)))[0]
+    assert r["qps"] == pytest.approx(1e6 / 1000, rel=1e-6)  # the caller's 1 ms per answer sets the pace
+    assert r["worker_utilization_pct"] > 99  # workers wait with finished answers for room in the queue
+    assert r["bound_by"] == "caller"
+    assert r["npu_utilization_pct"]["npu0pe0"] < 25
+    assert _summarize(simulate(Scenario((fast,), 8, 400, 20)))[0]["qps"] > 4 * r["qps"]
+    with pytest.raises(ConfigError, match="output queue"):
+        SessionSpec(p, ((0, "pe0-1"),), 1, closed(1), output_queue=0)
+
+
 def test_an_open_loop_below_capacity_is_served_at_its_rate_without_waiting() -> None:
     r = _one(_pipeline(100, 500), workers=2, load=constant(1000.0), n=2000)
     assert r["qps"] == pytest.approx(1000.0, rel=1e-3)
