@@ -25,7 +25,7 @@ def pixel_outputs(ctx: Context) -> Recommendation | Skip:
         knob="normalized_pixel_outputs", change=f"normalized_pixel_outputs={images}: image outputs as uint8 over [0, 1]",
         code=f"graph = quantize(model, ranges, normalized_pixel_outputs={images})\n"
              "image = outputs[0].numpy()  # uint8, 0..255 for [0, 1]",
-        cli=" ".join(f"--normalized-pixel-outputs {i}" for i in images).join(("npusim compile MODEL.onnx ", "")),
+        cli="npusim compile MODEL.onnx " + " ".join(f"--normalized-pixel-outputs {i}" for i in images),
         why="the NPU writes uint8 pixels; the host's Dequantize of the output goes away",
         before=ctx.predict(before), after=ctx.predict(after), measured=ctx.measured(before, after),
         accuracy={"before": ctx.accuracy(before), "after": ctx.accuracy(after),
