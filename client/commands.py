@@ -1,4 +1,5 @@
-"""The client's commands: ``npusim demo`` and ``npusim bench``, registered through ``npusim.commands``."""
+"""The client's commands: ``npusim demo``, ``npusim bench`` and ``npusim serve``, registered through
+``npusim.commands``."""
 
 from __future__ import annotations
 
@@ -54,3 +55,24 @@ def register(app: typer.Typer) -> None:
              duration=duration, queries=queries, warmup=warmup, in_flight=in_flight, output=output,
              trace_output=trace_output, compiler_config=compiler_config, json_out=json_out)
 
+    @app.command()
+    def serve(
+        model_path: Optional[str] = typer.Option(None, help="the model to serve: .onnx, .enf or zoo:NAME"),
+        model_name: Optional[str] = typer.Option(None, help="its name in the API (default: the file's stem)"),
+        model_version: Optional[str] = typer.Option(None, help="its version (default 1)"),
+        model_config: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="furiosa-server's "
+                                                    "model_config_list YAML, for several models"),
+        host: str = typer.Option("127.0.0.1", help="address to listen on (default: this machine only)"),
+        http_port: int = typer.Option(8080, min=0, max=65535, help="REST port (Open Inference Protocol v2)"),
+        npu_device: Optional[str] = typer.Option(None, help="device string of --model-path, e.g. npu0pe0"),
+        worker_num: Optional[int] = typer.Option(None, min=1, help="workers of --model-path's session"),
+        batch_size: Optional[int] = typer.Option(None, min=1, help="batch size of --model-path"),
+        log_level: str = typer.Option("warning", help="uvicorn's log level"),
+    ) -> None:
+        """Serve models over the Open Inference Protocol v2 (REST), as furiosa-server does, each on an npusim
+        session."""
+        from npusim.client.oip import serve as serve_mod
+
+        call(serve_mod.run, model_path=model_path, model_name=model_name, model_version=model_version,
+             model_config=model_config, host=host, http_port=http_port, npu_device=npu_device,
+             worker_num=worker_num, batch_size=batch_size, log_level=log_level)
