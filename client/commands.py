@@ -64,15 +64,16 @@ def register(app: typer.Typer) -> None:
                                                     "model_config_list YAML, for several models"),
         host: str = typer.Option("127.0.0.1", help="address to listen on (default: this machine only)"),
         http_port: int = typer.Option(8080, min=0, max=65535, help="REST port (Open Inference Protocol v2)"),
+        grpc_port: int = typer.Option(8081, min=0, max=65535, help="gRPC port (inference.GRPCInferenceService)"),
         npu_device: Optional[str] = typer.Option(None, help="device string of --model-path, e.g. npu0pe0"),
         worker_num: Optional[int] = typer.Option(None, min=1, help="workers of --model-path's session"),
         batch_size: Optional[int] = typer.Option(None, min=1, help="batch size of --model-path"),
         log_level: str = typer.Option("warning", help="uvicorn's log level"),
     ) -> None:
-        """Serve models over the Open Inference Protocol v2 (REST), as furiosa-server does, each on an npusim
-        session."""
+        """Serve models over the Open Inference Protocol v2 (REST and gRPC), as furiosa-server does, each on an
+        npusim session."""
         from npusim.client.oip import serve as serve_mod
 
         call(serve_mod.run, model_path=model_path, model_name=model_name, model_version=model_version,
-             model_config=model_config, host=host, http_port=http_port, npu_device=npu_device,
+             model_config=model_config, host=host, http_port=http_port, grpc_port=grpc_port, npu_device=npu_device,
              worker_num=worker_num, batch_size=batch_size, log_level=log_level)

@@ -14,26 +14,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from npusim.client.oip import traced
 from npusim.client.oip.codec import HEADER_LENGTH, decode_request, encode_response
 from npusim.client.oip.datatypes import to_oip
+from npusim.client.oip.grpc_server import start_grpc
 from npusim.client.oip.metrics import ServeMetrics
+from npusim.client.oip.server_info import EXTENSIONS, SERVER_NAME
 from npusim.client.oip.repository import Repository
-from npusim.services import __version__, tracing
+from npusim.services import __version__
 from npusim.services.errors import DeviceError, NpusimError, QueueFull, ServiceUnavailable
 
 __all__ = ["create_app", "SERVER_NAME", "EXTENSIONS"]
 
-SERVER_NAME = "npusim"
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
 UNAVAILABLE = (QueueFull, DeviceError, ServiceUnavailable)
 
 
@@ -41,7 +39,9 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(repo: Repository, *, load_at_start: bool = True) -> Starlette:
+def create_app(repo: Repository, *, load_at_start: bool = True,
+               grpc_address: tuple[str, int] | None = None) -> Starlette:
+    """The REST app; with ``grpc_address``, its lifespan also serves gRPC there, on the same models."""
     metrics = ServeMetrics(repo)
     requests, latency = metrics.requests, metrics.latency
 
@@ -89,22 +89,8 @@ def create_app(repo: Repository, *, load_at_start: bool = True) -> Starlette:
                                f"/v2/repository/models/{name}/load")
         body = await request.body()
         req = decode_request(body, request.headers.get(HEADER_LENGTH), list(engine.program.inputs))
-        span = None
-        if tracing.active():  # the caller's traceparent continues here: one request, one trace down to the PE
-            span = tracing.tracer().start_span(f"POST {request.url.path}", kind=SpanKind.SERVER,
-                                               context=tracing.extract(request.headers.get("traceparent")),
-                                               attributes={"model": name})
-        try:
-            token = otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
-            try:
-                fut = engine.submit(req.arrays, block=False)
-            finally:
-                if token is not None:
-                    otel_context.detach(token)
-            result = await asyncio.wrap_future(fut)
-        finally:
-            if span is not None:
-                span.end()
+        result = await traced.infer(engine, req.arrays, span_name=f"POST {request.url.path}",
+                                    traceparent=request.headers.get("traceparent"), attributes={"model": name})
         out, head_len = encode_response(name, m.config.version, req, [s.name for s in engine.program.outputs],
                                         result.outputs)
         requests.labels(name, "ok").inc()
@@ -143,12 +129,15 @@ def create_app(repo: Repository, *, load_at_start: bool = True) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        if load_at_start:
-            for name in repo.models:
-                await repo.load(name)
+        grpc_server = await start_grpc(repo, metrics, *grpc_address) if grpc_address is not None else None
         try:
+            if load_at_start:
+                for name in repo.models:
+                    await repo.load(name)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             await repo.close()
 
     model = "/v2/models/{model}"

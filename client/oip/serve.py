@@ -14,7 +14,7 @@ __all__ = ["run"]
 
 
 def run(*, model_path: str | None, model_name: str | None, model_version: str | None, model_config: Path | None,
-        host: str, http_port: int, npu_device: str | None, worker_num: int | None, batch_size: int | None,
+        host: str, http_port: int, grpc_port: int, npu_device: str | None, worker_num: int | None, batch_size: int | None,
         log_level: str) -> None:
     import uvicorn
 
@@ -33,5 +33,5 @@ def run(*, model_path: str | None, model_name: str | None, model_version: str | 
         raise ConfigError(f"--host {host!r} is not an IP address (127.0.0.1 serves this machine only, 0.0.0.0 "
                           "every interface)") from None
     tracing.setup_tracing("serve", instance="serve")  # OTEL_* as every npusim process reads it
-    app = create_app(Repository(configs))
+    app = create_app(Repository(configs), grpc_address=(host, grpc_port))
     uvicorn.run(app, host=host, port=http_port, log_level=log_level, access_log=False)

@@ -50,11 +50,15 @@ X = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
 
 
 @contextmanager
-def serving(config: Path) -> Iterator[str]:
-    """``npusim serve --model-config config`` on a free loopback port, until it is ready; its address.
-    Stopped (SIGTERM: uvicorn's graceful shutdown, which closes the sessions) on the way out."""
-    port = _free_port()
-    proc = subprocess.Popen([NPUSIM, "serve", "--model-config", str(config), "--http-port", str(port)],
+def serving(config: Path, grpc: list[str] | None = None) -> Iterator[str]:
+    """``npusim serve --model-config config`` on free loopback ports, until it is ready; its REST
+    address (its gRPC address is appended to ``grpc``). Stopped (SIGTERM: uvicorn's graceful
+    shutdown, which closes the sessions) on the way out."""
+    port, grpc_port = _free_port(), _free_port()
+    if grpc is not None:
+        grpc.append(f"127.0.0.1:{grpc_port}")
+    proc = subprocess.Popen([NPUSIM, "serve", "--model-config", str(config), "--http-port", str(port),
+                             "--grpc-port", str(grpc_port)],
                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"127.0.0.1:{port}"
     try:
@@ -84,7 +88,7 @@ X = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
 
 
 @pytest.fixture
-def server(use_stack: RunningStack, program: Path, tmp_path: Path) -> Iterator[tuple[str, np.ndarray]]:
+def server(use_stack: RunningStack, program: Path, tmp_path: Path) -> Iterator[tuple[str, np.ndarray, str]]:
     """The server on loopback, serving the program as 'cnn' and 'spare' (which hold both devices' fused
     PEs), and what ``session.run`` answers for ``X`` on the same program, taken before it starts."""
     with session.create(program.read_bytes()) as sess:
@@ -92,8 +96,9 @@ def server(use_stack: RunningStack, program: Path, tmp_path: Path) -> Iterator[t
     config = tmp_path / "models.yaml"
     config.write_text(f"model_config_list:\n  - name: cnn\n    model: {program}\n    version: '2'\n    worker_num: 2\n"
                       f"  - name: spare\n    model: {program}\n    npu_device: npu1pe0-1\n")
-    with serving(config) as url:
-        yield url, want
+    grpc: list[str] = []
+    with serving(config, grpc) as url:
+        yield url, want, grpc[0]
 
 
 def _input(x: np.ndarray, binary: bool) -> tritonhttp.InferInput:
@@ -102,8 +107,8 @@ def _input(x: np.ndarray, binary: bool) -> tritonhttp.InferInput:
     return i
 
 
-def test_tritonclient_gets_what_session_run_gives(server: tuple[str, np.ndarray]) -> None:
-    url, want = server
+def test_tritonclient_gets_what_session_run_gives(server: tuple[str, np.ndarray, str]) -> None:
+    url, want, _ = server
     client = tritonhttp.InferenceServerClient(url)
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("cnn") and client.is_model_ready("cnn", "2")
@@ -130,7 +135,7 @@ def test_tritonclient_gets_what_session_run_gives(server: tuple[str, np.ndarray]
 
 @pytest.mark.parametrize(("mutate", "says"), [
     (lambda x: x[:, :, :32], "shape"), (lambda x: x.astype(np.float64), "FP32"), (None, "no model")])
-def test_wrong_requests_get_400_naming_the_fix(server: tuple[str, np.ndarray], mutate, says: str) -> None:
+def test_wrong_requests_get_400_naming_the_fix(server: tuple[str, np.ndarray, str], mutate, says: str) -> None:
     client = tritonhttp.InferenceServerClient(server[0])
     x = np.zeros((1, 3, 64, 64), np.float32)
     if mutate is None:
@@ -145,8 +150,8 @@ def test_wrong_requests_get_400_naming_the_fix(server: tuple[str, np.ndarray], m
     assert e.value.status() == "400" and says in e.value.message()
 
 
-def test_models_load_and_unload_while_clients_run(server: tuple[str, np.ndarray]) -> None:
-    url, _ = server
+def test_models_load_and_unload_while_clients_run(server: tuple[str, np.ndarray, str]) -> None:
+    url, _, _ = server
     x = np.zeros((1, 3, 64, 64), np.float32)
     errors: list[str] = []
     done = [0]
@@ -252,3 +257,27 @@ def test_a_full_queue_answers_503_at_once_and_never_hangs(program: Path, tmp_pat
     assert busy and all("busy" in r and "retry" in r for r in busy), results
     assert "200" in results and set(results) <= {"200", *busy}, results
     assert took < 30
+
+
+def test_tritonclient_grpc_gets_the_same_and_statuses_name_the_fix(server: tuple[str, np.ndarray, str]) -> None:
+    tritongrpc = pytest.importorskip("tritonclient.grpc")
+    _, want, address = server
+    client = tritongrpc.InferenceServerClient(address)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("cnn", "2")
+    meta = client.get_model_metadata("cnn", as_json=True)
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["1", "3", "64", "64"]}]
+    out_name = meta["outputs"][0]["name"]
+    inp = tritongrpc.InferInput("input", [1, 3, 64, 64], "FP32")
+    inp.set_data_from_numpy(X)
+    r = client.infer("cnn", [inp], request_id="g1")
+    np.testing.assert_array_equal(r.as_numpy(out_name), want)
+    assert r.get_response().id == "g1"
+    assert client.get_server_metadata().extensions == ["binary_tensor_data", "model_repository"]
+    bad = tritongrpc.InferInput("input", [1, 3, 32, 64], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 3, 32, 64), np.float32))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("cnn", [bad])
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "shape" in e.value.message()
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("nope", [inp])
+    assert e.value.status() == "StatusCode.NOT_FOUND" and "no model 'nope'" in e.value.message()

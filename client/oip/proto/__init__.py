@@ -1,0 +1,1 @@
+"""Generated gRPC modules of the Open Inference Protocol (see inference.proto, regenerate.sh)."""
