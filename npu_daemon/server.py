@@ -117,7 +117,7 @@ class DaemonService(Service):
             owners = {self.owner[c] for c in cores} - {None}
             s = self.sessions.get(next(iter(owners))) if owners else None
             pes[pe] = {"available": not owners, "session": s.name if s else None,
-                       "client_pid": s.client_pid if s else None}
+                       "client_pid": s.client_pid if s else None, "session_pe": s.pe if s else None}
         return {"device": self.name, "pes": pes, "sessions": len(self.sessions),
                 "timing_only": self.options.timing_only}
 

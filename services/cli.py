@@ -2,8 +2,8 @@
 
 Each package brings its own commands: ``register(app)`` of every entry point in the
 ``npusim.commands`` group (pyproject.toml) adds them to the app, so this module imports no
-package but ``services``. The commands here are the stack's own: ``up``, ``status``, ``top``
-and ``keys``. A command body's user errors (:class:`NpusimError`) end in a one-line message and
+package but ``services``. The commands here are the stack's own: ``up``, ``status``, ``top``,
+``smi`` and ``keys``. A command body's user errors (:class:`NpusimError`) end in a one-line message and
 exit status 2 (:func:`call`).
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import typer
 
+from npusim.services import smi as smi_view
 from npusim.services import stack_cli
 from npusim.services import top as top_view
 from npusim.services.errors import NpusimError
@@ -87,6 +88,17 @@ def top(
 ) -> None:
     """Live per-PE view of every running device: utilisation, compute and IO share, queue, jobs/s, owner."""
     raise typer.Exit(call(top_view.top, run_dir=run_dir, once=once, interval=interval, fmt=fmt))
+
+
+@app.command()
+def smi(
+    view: str = typer.Argument(..., help="info, list, ps or status (the vendor CLI's views)"),
+    run_dir: Optional[Path] = typer.Option(None, help="run directory"),
+    fmt: str = typer.Option("table", "--format", help="table or json (info also: full, with UUID and S/N)"),
+    interval: float = typer.Option(0.5, min=0.05, help="status: seconds over which utilisation is measured"),
+) -> None:
+    """The vendor CLI's device views (furiosa-smi): info, list, ps, status."""
+    call(smi_view.smi, view=view, run_dir=run_dir, fmt=fmt, interval=interval)
 
 
 @keys_app.command("generate")

@@ -92,7 +92,8 @@ def up(*, devices: int, bind: str | None, run_dir: Path | None, timing_only: boo
             console.print(f"stopped {len(children)} services{note}")
 
 
-def _probe(endpoint: str, name: str) -> dict[str, Any] | None:
+def health(endpoint: str, name: str) -> dict[str, Any] | None:
+    """A service's HEALTH reply, or None when it does not answer within a second."""
     try:
         with Peer(endpoint, name=name, timeout_s=1.0) as peer:
             return peer.request(Kind.HEALTH).body
@@ -104,11 +105,11 @@ def status(*, run_dir: Path | None, json_out: bool) -> None:
     rdir = resolve_run_dir(run_dir)
     rows = []
     for r in records(rdir):
-        health = _probe(r.endpoint, r.name)
+        reply = health(r.endpoint, r.name)
         rows.append({"name": r.name, "kind": r.kind, "endpoint": r.endpoint, "pid": r.pid,
-                     "state": "up" if health else "not answering",
+                     "state": "up" if reply else "not answering",
                      "uptime_s": round(time.time() - r.started, 1),
-                     "pes": (health or {}).get("pes"), "sessions": (health or {}).get("sessions")})
+                     "pes": (reply or {}).get("pes"), "sessions": (reply or {}).get("sessions")})
     if json_out:
         print(json.dumps({"run_dir": str(rdir), "services": rows}))
         return
