@@ -80,6 +80,17 @@ def status(
 
 
 @app.command()
+def health(
+    endpoint: Optional[str] = typer.Option(None, help="check this endpoint only (ipc://… or tcp://…)"),
+    run_dir: Optional[Path] = typer.Option(None, help="run directory (default: every service registered there)"),
+    url: Optional[str] = typer.Option(None, help="check an HTTP URL instead, e.g. npusim serve's "
+                                      "http://127.0.0.1:8080/v2/health/ready"),
+) -> None:
+    """Exit 0 when the services answer, 1 when one does not (a container's health check)."""
+    raise typer.Exit(call(stack_cli.check_health, run_dir=run_dir, endpoint=endpoint, url=url))
+
+
+@app.command()
 def top(
     run_dir: Optional[Path] = typer.Option(None, help="run directory"),
     once: bool = typer.Option(False, "--once", help="take two samples, print them and exit"),

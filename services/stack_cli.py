@@ -126,3 +126,35 @@ def status(*, run_dir: Path | None, json_out: bool) -> None:
                             for pe, v in r["pes"].items())
         table.add_row(r["name"], r["kind"], r["endpoint"], str(r["pid"]), f"{r['uptime_s']:.0f} s", r["state"], pes)
     console.print(table)
+
+
+def check_health(*, run_dir: Path | None, endpoint: str | None, url: str | None = None) -> int:
+    """0 when the service at ``endpoint`` (or every service registered in the run directory, or
+    the HTTP ``url``, e.g. a server's /v2/health/ready) answers, else 1 with one line per one that
+    does not: a container's health check."""
+    if url is not None:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - the operator's own URL
+                ok = r.status == 200
+        except (urllib.error.URLError, OSError) as e:
+            console.print(f"{url}: {e}")
+            return 1
+        console.print(f"{url}: {'healthy' if ok else 'not ready'}")
+        return 0 if ok else 1
+    if endpoint is not None:
+        targets = [(endpoint, endpoint)]
+    else:
+        rdir = resolve_run_dir(run_dir)
+        targets = [(r.endpoint, r.name) for r in records(rdir)]
+        if not targets:
+            console.print(f"no npusim service is registered in {rdir}")
+            return 1
+    bad = [name for ep, name in targets if health(ep, name) is None]
+    for name in bad:
+        console.print(f"{name}: not answering")
+    if not bad:
+        console.print(f"healthy: {', '.join(name for _, name in targets)}")
+    return 1 if bad else 0
