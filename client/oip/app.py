@@ -115,7 +115,7 @@ def create_app(repo: Repository, *, load_at_start: bool = True,
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def on_lookup(_: Request, exc: Exception) -> Response:
-        return _error(400, str(exc))
+        return _error(400, str(exc.args[0]) if exc.args else str(exc))  # a KeyError's str() adds quotes
 
     async def on_npusim(request: Request, exc: Exception) -> Response:
         model = request.path_params.get("model", "")
