@@ -187,9 +187,10 @@ def plan(cfg: PlanConfig, data: bytes, *, step_costs: StepCosts | None = None,
     for pipeline in pipelines:
         for w in cfg.workers:
             warmup = cfg.warmup if cfg.warmup is not None else min(cfg.requests, max(2 * w, 5))
-            for i, load in enumerate(_loads(cfg, w, len(pes), cfg.seed)):
+            per_seed = [_loads(cfg, w, len(pes), cfg.seed + k) for k in range(cfg.sessions)]
+            for loads in zip(*per_seed):  # one load per session; Poisson ones on seeds seed, seed + 1, …
+                load = loads[0]
                 say(f"batch {pipeline.batch}, {w} workers, {load.describe()} …")
-                loads = [load] + [_loads(cfg, w, len(pes), cfg.seed + k)[i] for k in range(1, cfg.sessions)]
                 sc = Scenario(tuple(SessionSpec(pipeline, p, w, ld, cfg.input_queue, cfg.output_queue, consumer)
                                     for p, ld in zip(per_session, loads)), cores, cfg.requests, warmup, duration)
                 r = combined(simulate(sc))
@@ -289,11 +290,12 @@ def plan_cmd(cfg: PlanConfig, *, model: str, step_costs: StepCosts | None = None
                       status=(lambda m: st.update(f"[bold]plan[/bold]: {m}")) if st is not None else None)
     report["model"] = report["model"] or given.name
     wrote = []
-    if plot is not None:
-        plot.write_bytes(sweep_png(report["configs"], _title(report)))
+    png = sweep_png(report["configs"], _title(report)) if plot is not None or report_path is not None else None
+    if plot is not None and png is not None:
+        plot.write_bytes(png)
         wrote.append(f"wrote the plot {plot}")
     if report_path is not None:
-        report_path.write_text(plan_page(report))
+        report_path.write_text(plan_page(report, png))
         wrote.append(f"wrote the report {report_path}")
     if json_out:
         print(json.dumps(report, default=float))
@@ -320,8 +322,9 @@ def _load(c: dict[str, Any]) -> str:
     return f"{c['in_flight']} in flight" if "in_flight" in c else f"{c['arrivals']} {c['rate_per_s']:,.0f}/s"
 
 
-def plan_page(report: dict[str, Any]) -> str:
-    """The report as one self-contained HTML page: the sweep's plots and table, the capacity answer."""
+def plan_page(report: dict[str, Any], png: bytes | None = None) -> str:
+    """The report as one self-contained HTML page: the sweep's plots and table, the capacity answer
+    (``png``: the sweep plot when the caller drew it already for --plot)."""
     host = report["host"]
     rows = []
     for c in report["configs"]:
@@ -337,8 +340,8 @@ def plan_page(report: dict[str, Any]) -> str:
                                   f"Host profile {host['name']}: {host['description']}; {host['cores']} cores; "
                                   f"the runtime's own overhead {host['runtime_overhead_ns'] / 1e3:,.0f} µs per request."],
                         [Table(cols, rows, left=("load", "bound by"))],
-                        [("throughput and latency against each swept knob", sweep_png(report["configs"],
-                                                                                      _title(report)))])]
+                        [("throughput and latency against each swept knob",
+                          png or sweep_png(report["configs"], _title(report)))])]
     if "capacity" in report:
         cap = Section(f"Capacity within {report['slo']}")
         cap.tables.append(Table(["batch", "workers", "requests/s", "samples/s", "saturated /s", "p99 µs"], [

@@ -29,6 +29,7 @@ from npusim.services.config import run_dir as resolve_run_dir
 from npusim.services.discovery import records
 from npusim.services.errors import ConfigError
 from npusim.services.rates import device_rates, sample
+from npusim.services.top import sample_all
 
 __all__ = ["VIEWS", "gather", "smi"]
 
@@ -57,7 +58,7 @@ def gather(rdir: Path, interval_s: float = 0.0) -> list[dict[str, Any]]:
     """One entry per registered device: identity, cores, device files, holders; with
     ``interval_s`` > 0 also each core's utilisation over that interval."""
     daemons = sorted((r for r in records(rdir) if r.kind == "daemon"), key=lambda r: _index(r.name))
-    first = {r.name: sample(r.name, r.endpoint) for r in daemons} if interval_s > 0 else {}
+    first = sample_all(rdir) if interval_s > 0 else {}
     if interval_s > 0:
         time.sleep(interval_s)
     host = socket.gethostname()

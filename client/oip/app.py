@@ -45,11 +45,8 @@ def create_app(repo: Repository, *, load_at_start: bool = True,
     metrics = ServeMetrics(repo)
     requests, latency = metrics.requests, metrics.latency
 
-    def served(request: Request) -> Any:
-        try:
-            return repo.get(request.path_params["model"], request.path_params.get("version"))
-        except KeyError as e:
-            raise LookupError(e.args[0]) from None
+    def served(request: Request) -> Any:  # an unknown model's KeyError answers 400 (on_lookup)
+        return repo.get(request.path_params["model"], request.path_params.get("version"))
 
     async def live(_: Request) -> Response:
         return JSONResponse({"live": True})

@@ -5,7 +5,6 @@ it runs in a thread and a model is ready only once its session is open."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,6 @@ class Repository:
         if dup:
             raise ConfigError(f"model name(s) {', '.join(sorted(dup))} appear more than once")
         self.models = {c.name: Served(c) for c in configs}
-        self._closing = threading.Event()
 
     def get(self, name: str, version: str | None = None) -> Served:
         m = self.models.get(name)

@@ -78,9 +78,10 @@ def test_sessions_on_their_own_pes_add_up_and_share_the_host() -> None:
     assert both["samples_per_s"] == pytest.approx(2 * alone["samples_per_s"], rel=1e-6)
     assert both["latency"]["p50_us"] == alone["latency"]["p50_us"] == 2 * 815  # one waits for the other's 815 µs
     assert set(both["npu_utilization_pct"]) == {"npu0pe0", "npu0pe1"}
-    # on one host core the two sessions' 300 µs of host work per request contend
+    # on one host core both sessions' host work lands on that core: 2 × 300 µs of every 815 µs
     one_core = combined(simulate(Scenario(specs, 1, 400, 20)))
     assert one_core["samples_per_s"] <= both["samples_per_s"]
+    assert one_core["host_cpu_utilization_pct"] == pytest.approx(100 * 2 * 300 / 815, rel=1e-3)
     assert combined(simulate(Scenario(specs[:1], 8, 400, 20))) == alone
 
 

@@ -45,8 +45,8 @@ def layout(ctx: Context) -> Recommendation | Skip:
         return Skip("layout", f"host layout operators {', '.join(found)} remain, but no input change removes them",
                     {"host_ops_us": found})
     names = ", ".join(f"{n!r} (width {w} → {-(-w // WIDTH_MULTIPLE) * WIDTH_MULTIPLE})" for n, w in widths.items())
-    before_ops = ctx.host_ops_us(base)
-    after_ops = {k: v for k, v in before_ops.items() if k not in LAYOUT_OPS}
+    before_ops = ops
+    after_ops = {k: v for k, v in ops.items() if k not in LAYOUT_OPS}
     return Recommendation(
         knob="input_width", change=f"export the model with input width a multiple of {WIDTH_MULTIPLE}: {names}",
         code="# resize or pad the image to the new width before inference and export the model at that width:\n"
